@@ -1,0 +1,293 @@
+"""Remote command dispatch (contract §4): from raw MQTT payload to exactly one final reply.
+
+Envelope checks run in the contract's order (agent/core/envelope.py up to the signature, then
+here: duplicate ids, ``unknown_command``, ``bad_args``, ``busy``). Only verified ids enter
+the ledger, and a verified id is never executed twice, across restarts: a repeat gets the
+recorded final reply (or the current state) with ``duplicate: true``. Each command is a
+declared `CommandSpec`; the dispatcher owns scheduling, exclusivity, timeouts, cancellation,
+progress and replies, so a command's ``run`` only does its job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.commands.ledger import CommandLedger, LedgerFull
+from agent.core.envelope import CommandEnvelope, Rejection, validate_envelope
+
+FINAL = frozenset({"succeeded", "failed", "canceled", "timed_out", "rejected"})
+
+
+class ArgsError(ValueError):
+    """The command's ``args`` do not fit its declaration: ``bad_args``."""
+
+
+class CommandFailed(Exception):
+    """The command ran and failed; ``code`` goes to the reply's ``error.code``."""
+
+    def __init__(self, code: str, message: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.result = result
+
+
+class Progress:
+    """Handed to a running command so it can report ``in_progress`` with a percentage."""
+
+    def __init__(self, send: Callable[[int | None, str], None]) -> None:
+        self._send = send
+
+    def __call__(self, percent: int | None, message: str = "") -> None:
+        self._send(percent, message)
+
+
+Runner = Callable[[dict[str, Any], Progress], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    run: Runner
+    check_args: Callable[[dict[str, Any]], dict[str, Any]]
+    exclusive: bool = False
+    timeout_s: float = 60.0
+    on_cancel: Callable[[], None] | None = None
+
+
+@dataclass
+class _Running:
+    envelope: CommandEnvelope
+    spec: CommandSpec
+    task: asyncio.Task[None] | None = None
+    state: str = "accepted"
+    progress: int | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        uid: str,
+        specs: Mapping[str, CommandSpec],
+        ledger: CommandLedger,
+        now: Callable[[], float],
+        max_bytes: int,
+        max_skew_s: float,
+        max_ttl_s: float,
+        verify: Callable[[bytes, bytes], bool] | None,
+        allow_unsigned: bool,
+        send_reply: Callable[[dict[str, Any]], None],
+        send_error: Callable[[str, str], None],
+        external_busy: Callable[[], str | None],
+        log: Any,
+    ) -> None:
+        self.uid = uid
+        self.specs = specs
+        self.ledger = ledger
+        self._now = now
+        self._limits = (max_bytes, max_skew_s, max_ttl_s)
+        self._verify = verify
+        self._allow_unsigned = allow_unsigned
+        self._send_reply = send_reply
+        self._send_error = send_error
+        self._external_busy = external_busy
+        self._log = log
+        self.running: dict[str, _Running] = {}
+
+    # ---- intake ---------------------------------------------------------------------------
+    async def handle(self, payload: bytes) -> None:
+        """Never raises: every payload ends in a reply or an error event."""
+        try:
+            self._handle(payload)
+        except Exception as e:  # noqa: BLE001 - a hostile payload must never kill the link
+            self._log.error("command.crashed", error=str(e), exc_info=True)
+            self._send_error("command_failed", f"internal error handling a command: {e}")
+
+    def _handle(self, payload: bytes) -> None:
+        max_bytes, skew, ttl = self._limits
+        try:
+            env = validate_envelope(
+                payload,
+                uid=self.uid,
+                now=self._now(),
+                max_bytes=max_bytes,
+                max_skew_s=skew,
+                max_ttl_s=ttl,
+                verify=self._verify,
+                allow_unsigned=self._allow_unsigned,
+            )
+        except Rejection as r:
+            self._log.warning(
+                "command.rejected", code=r.code, reason=r.message, command_id=r.command_id
+            )
+            if r.command_id is None:
+                self._send_error(r.code, f"command without a readable id refused: {r.message}")
+            else:
+                self._reply(r.command_id, None, "rejected", error=(r.code, r.message))
+            return
+        seen = self.ledger.lookup(env.id)
+        if seen is not None:
+            self._duplicate(env, seen.reply, seen.state)
+            return
+        spec = self.specs.get(env.name)
+        rejection: tuple[str, str] | None = None
+        args: dict[str, Any] = {}
+        if spec is None:
+            rejection = ("unknown_command", f"no command named {env.name!r}")
+        else:
+            try:
+                args = spec.check_args(dict(env.args))
+            except ArgsError as e:
+                rejection = ("bad_args", str(e))
+            else:
+                if spec.exclusive:
+                    busy = self._busy()
+                    if busy:
+                        rejection = ("busy", f"{busy} is running")
+        try:
+            self.ledger.record_start(env)
+        except LedgerFull as e:
+            self._reply(env.id, env.name, "rejected", error=("busy", str(e)))
+            return
+        if rejection is not None:
+            self._log.warning(
+                "command.rejected",
+                command_id=env.id,
+                name=env.name,
+                code=rejection[0],
+                reason=rejection[1],
+            )
+            reply = self._reply(env.id, env.name, "rejected", error=rejection)
+            self.ledger.record_final(env.id, reply)
+            return
+        assert spec is not None
+        run = _Running(env, spec)
+        self.running[env.id] = run
+        self._log.info("command.accepted", command_id=env.id, name=env.name)
+        self._reply(env.id, env.name, "accepted")
+        run.task = asyncio.create_task(self._execute(run, args), name=f"command-{env.name}")
+
+    def _busy(self) -> str | None:
+        for r in self.running.values():
+            if r.spec.exclusive:
+                return f"command {r.spec.name} ({r.envelope.id})"
+        external = self._external_busy()
+        return f"nodeadm {external}" if external else None
+
+    def _duplicate(self, env: CommandEnvelope, reply: dict[str, Any] | None, state: str) -> None:
+        self._log.info("command.duplicate", command_id=env.id, name=env.name, state=state)
+        if reply is not None:
+            again = {**reply, "duplicate": True}
+            again.pop("seq", None)
+            again.pop("ts", None)
+            self._send_reply(again)
+            return
+        running = self.running.get(env.id)
+        self._reply(
+            env.id,
+            env.name,
+            running.state if running else state,
+            progress=running.progress if running else None,
+            duplicate=True,
+            message="already running",
+        )
+
+    # ---- execution -------------------------------------------------------------------------
+    async def _execute(self, run: _Running, args: dict[str, Any]) -> None:
+        env, spec = run.envelope, run.spec
+
+        def progress(percent: int | None, message: str) -> None:
+            run.state, run.progress = "in_progress", percent
+            self.ledger.record_progress(env.id, "in_progress")
+            self._reply(env.id, env.name, "in_progress", progress=percent, message=message)
+
+        state, result, error, message = "succeeded", None, None, ""
+        try:
+            async with asyncio.timeout(spec.timeout_s):
+                result = await spec.run(args, Progress(progress))
+        except TimeoutError:
+            state, error = "timed_out", ("timed_out", f"did not finish within {spec.timeout_s:g} s")
+            if spec.on_cancel:
+                spec.on_cancel()
+        except asyncio.CancelledError:
+            state, error = "canceled", ("canceled", "canceled by a cancel command")
+            if spec.on_cancel:
+                spec.on_cancel()
+        except CommandFailed as e:
+            state, error, result = "failed", (e.code, e.message), e.result
+        except Exception as e:  # noqa: BLE001 - one command's bug must not kill the agent
+            self._log.error("command.crashed", command_id=env.id, error=str(e), exc_info=True)
+            state, error = "failed", ("internal_error", str(e))
+        finally:
+            self.running.pop(env.id, None)
+        if state == "succeeded":
+            message = "done"
+        reply = self._reply(
+            env.id,
+            env.name,
+            state,
+            result=result,
+            error=error,
+            progress=100 if state == "succeeded" else run.progress,
+            message=message or (error[1] if error else ""),
+        )
+        self.ledger.record_final(env.id, reply)
+        self._log.info("command.finished", command_id=env.id, name=env.name, state=state)
+
+    def cancel(self, command_id: str) -> bool:
+        run = self.running.get(command_id)
+        if run is None or run.task is None or run.task.done():
+            return False
+        run.task.cancel()
+        return True
+
+    async def close(self) -> None:
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    def finish_interrupted(self) -> None:
+        """Commands that were running when the agent died get their one final reply now."""
+        for entry in self.ledger.interrupted():
+            reply = self._reply(
+                entry.id,
+                entry.name,
+                "failed",
+                error=("agent_restarted", "the agent restarted while the command ran"),
+            )
+            self.ledger.record_final(entry.id, reply)
+
+    # ---- replies -----------------------------------------------------------------------------
+    def _reply(
+        self,
+        command_id: str,
+        name: str | None,
+        state: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: tuple[str, str] | None = None,
+        progress: int | None = None,
+        message: str = "",
+        duplicate: bool = False,
+    ) -> dict[str, Any]:
+        reply: dict[str, Any] = {
+            "command_id": command_id,
+            "uid": self.uid,
+            "name": name,
+            "state": state,
+            "progress": progress,
+            "message": message or (error[1] if error else state),
+            "result": result if state in FINAL else None,
+            "error": {"code": error[0], "message": error[1]} if error else None,
+            "duplicate": duplicate,
+        }
+        self._send_reply(reply)
+        return reply

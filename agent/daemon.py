@@ -1,0 +1,441 @@
+"""The one place that wires the agent together: `Agent` owns every part of one host's agent.
+
+It loads state, derives the UID, tells systemd it is ready (before touching the network),
+then runs the named loops in one TaskGroup: the lifecycle driver, the broker link, the
+controller (register, then poll the assignment), health, periodic status, and the watchdog.
+Each loop stamps a heartbeat; the watchdog pings systemd only while all are alive. Nothing
+here is module-level, so a thousand `Agent`s can share one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from agent import __version__
+from agent.commands.dispatcher import CommandFailed, Dispatcher, Progress
+from agent.commands.handlers import build_specs
+from agent.commands.ledger import CommandLedger
+from agent.commands.signature import load_public_key_file
+from agent.core import lifecycle as lc
+from agent.core.assignment import Assignment, AssignmentError, parse_assignment
+from agent.core.config import Config, ConfigError, ConfigMissing, load_config
+from agent.core.monotonic import NeverBackwardsClock
+from agent.core.timefmt import iso
+from agent.host.hostroot import HostRoot, arch, derive_uid
+from agent.host.metrics import HealthSampler, host_addresses
+from agent.host.notify import Heartbeats, Notifier, watchdog_interval, watchdog_loop
+from agent.logs import LevelHolder, make_logger
+from agent.state.atomic import write_json
+from agent.state.store import StateStore
+from agent.status import build_status
+from agent.work import AgentWork
+
+CONTROLLER_CODES = (
+    "controller_unreachable",
+    "registration_failed",
+    "registration_refused",
+    "uid_conflict",
+)
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to end every loop once shutdown work is done."""
+
+
+def load_assignment_file(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return json.loads(text)
+    return yaml.safe_load(text)
+
+
+class Agent(AgentWork):
+    agent_version = __version__
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stdout: TextIO | None = None,
+        env: Mapping[str, str] | None = None,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.env = dict(os.environ if env is None else env)
+        self.wall = wall
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self.started = time.monotonic()
+        self.host = HostRoot(config.host.root)
+        self.store = StateStore(config.state_dir)
+        self.store.ensure_dir()
+        loaded = self.store.load()
+        self.last_checks: list[dict[str, Any]] = loaded.checks
+        self.last_checks_ts = loaded.checks_ts
+        self.extra: dict[str, Any] = loaded.extra
+        self.uid = derive_uid(config.host.uid, self.host, config.state_dir)
+        self.level = LevelHolder(config.log.level)
+        self.log = make_logger(
+            level=self.level,
+            fmt=config.log.format,
+            stream=stdout,
+            secrets=self.secrets,
+            uid=self.uid,
+        )
+        for problem in loaded.problems:
+            self.log.warning("state.recovered", problem=problem)
+        from agent.state.store import SeqCounter
+
+        self.seq = SeqCounter(config.state_dir / "seq")
+        self.clock = NeverBackwardsClock(config.state_dir / "clock", wall)
+        self.ledger = CommandLedger(
+            config.state_dir / "commands.ledger", self.clock, max_skew_s=config.commands.max_skew_s
+        )
+        if self.ledger.recovered_from_corruption:
+            self.log.warning("ledger.recovered", copy=str(self.ledger.corrupt_copy))
+        self.heartbeats = Heartbeats()
+        self.notifier = Notifier.from_env(self.env, os.getpid())
+        self.stop_event = asyncio.Event()
+        self.sync_event = asyncio.Event()
+        self.sampler: HealthSampler | None = None
+        self.link: Any = None
+        self.controller: Any = None
+        self.nodeadm_version: str | None = self.extra.get("nodeadm_version")
+        self.problems = loaded.problems
+        self.storage_error: str | None = None
+        policy = lc.Policy(
+            auto_join=config.join.auto,
+            appliance=config.host.mode == "appliance",
+            retry_backoff_s=config.join.retry_backoff_s,
+            degraded_after_s=config.health.degraded_after_s,
+        )
+        self.init_work(loaded.state, policy)
+        self.dispatcher = Dispatcher(
+            uid=self.uid,
+            specs=build_specs(self),
+            ledger=self.ledger,
+            now=self.clock.now,
+            max_bytes=config.commands.max_bytes,
+            max_skew_s=config.commands.max_skew_s,
+            max_ttl_s=config.commands.max_ttl_s,
+            verify=self._verifier(),
+            allow_unsigned=config.commands.allow_unsigned,
+            send_reply=self.send_reply,
+            send_error=lambda code, msg: self.emit("error", {"code": code, "message": msg}),
+            external_busy=lambda: self.driver.busy if self.driver.busy != "checks" else None,
+            log=self.log,
+        )
+
+    # ---- helpers used by every part --------------------------------------------------------
+    def secrets(self) -> list[str]:
+        out: list[str] = []
+        state = getattr(self, "driver", None)
+        a = state.state.assignment if state is not None else None
+        if a is not None and a.ssm is not None:
+            out.append(a.ssm.activation_code)
+        token = getattr(self.controller, "host_token", None)
+        if token:
+            out.append(str(token))
+        return out
+
+    def now(self) -> float:
+        return self.wall()
+
+    def _verifier(self) -> Callable[[bytes, bytes], bool] | None:
+        path = self.config.commands.public_key_file
+        if path is None:
+            return None
+        return load_public_key_file(path).verify
+
+    def stamp(self, name: str) -> None:
+        self.heartbeats.stamp(name, time.monotonic())
+
+    def uptime_s(self) -> int:
+        return int(time.monotonic() - self.started)
+
+    def base(self) -> dict[str, Any]:
+        return {"uid": self.uid, "ts": iso(self.now()), "seq": self.seq()}
+
+    def emit(self, type_: str, fields: dict[str, Any]) -> None:
+        payload = {**self.base(), "type": type_, **fields}
+        if type_ in ("error", "registration", "assignment"):
+            self.log.info("event", **{k: v for k, v in payload.items() if k not in ("uid", "ts")})
+        if self.link is not None:
+            from agent.link.messages import Kind
+
+            kind = Kind.NODEADM_EVENT if type_ == "nodeadm" else Kind.EVENT
+            self.link.send(kind, "events", payload)
+
+    def send_reply(self, reply: dict[str, Any]) -> None:
+        payload = {**reply, "ts": iso(self.now()), "seq": self.seq()}
+        if self.link is not None:
+            from agent.link.messages import Kind
+
+            self.link.send(Kind.REPLY, "replies", payload)
+
+    def status(self) -> dict[str, Any]:
+        return build_status(self, seq=self.seq(), ts=iso(self.now()))
+
+    def publish_status(self) -> None:
+        status = self.status()
+        try:
+            write_json(self.config.state_dir / "status.json", status, 0o644)
+        except OSError as e:
+            self.storage_error = f"cannot write status: {e.strerror}"
+        if self.link is not None:
+            from agent.link.messages import Kind
+
+            self.link.send(Kind.STATUS, "status", status)
+        self.notifier.status(str(self.driver.state.phase))
+
+    # ---- the daemon ----------------------------------------------------------------------
+    async def run(self) -> int:
+        cfg = self.config
+        self.sampler = HealthSampler(cfg.host.root)
+        if cfg.mqtt is not None:
+            self.link = self.make_link()
+        if cfg.controller is not None:
+            self.controller = self.make_controller()
+        self.publish_status()
+        self.notifier.ready(status=str(self.driver.state.phase))
+        self.log.info(
+            "agent.started",
+            version=__version__,
+            phase=str(self.driver.state.phase),
+            mode=cfg.host.mode,
+            root=str(cfg.host.root),
+        )
+        if cfg.commands.allow_unsigned:
+            self.log.warning(
+                "commands.unsigned_allowed",
+                message="commands.allow_unsigned is true: for development only",
+            )
+        if self.controller is not None and self.controller.insecure:
+            self.log.warning("controller.insecure", message="controller.url is plain http://")
+        orphan = await self.runner.end_orphan()
+        if orphan:
+            self.emit("error", {"code": "nodeadm_orphan", "message": orphan})
+        self.dispatcher.finish_interrupted()
+        self.driver.post(lc.Boot(registering=self.controller is not None))
+        if cfg.assignment_file is not None:
+            self.offer_assignment_file()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._loop(tg, "lifecycle", self.driver.run(), 30)
+                if self.link is not None:
+                    tg.create_task(self.link.run(), name="mqtt")
+                if self.controller is not None:
+                    tg.create_task(self.controller_loop(), name="controller")
+                interval = cfg.mqtt.health_interval_s if cfg.mqtt else 30.0
+                self._loop(tg, "health", self.health_loop(interval), max(60.0, 3 * interval))
+                if cfg.mqtt is not None:
+                    self._loop(
+                        tg,
+                        "status",
+                        self.status_loop(cfg.mqtt.status_interval_s),
+                        max(60.0, 3 * cfg.mqtt.status_interval_s),
+                    )
+                wd = watchdog_interval(self.env, os.getpid())
+                if wd:
+                    tg.create_task(
+                        watchdog_loop(
+                            self.notifier, self.heartbeats, wd, time.monotonic, self._stalled
+                        ),
+                        name="watchdog",
+                    )
+                tg.create_task(self._stopper(), name="stopper")
+        except* _Stop:
+            pass
+        await self._close()
+        return 0
+
+    def _loop(self, tg: asyncio.TaskGroup, name: str, coro: Any, max_age: float) -> None:
+        self.heartbeats.register(name, max_age, time.monotonic())
+        tg.create_task(coro, name=name)
+
+    def _stalled(self, names: list[str]) -> None:
+        self.log.error("watchdog.stalled", loops=names)
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    async def _stopper(self) -> None:
+        await self.stop_event.wait()
+        self.notifier.stopping()
+        self.log.info("agent.stopping", phase=str(self.driver.state.phase))
+        # A running nodeadm step is ended and its phase stays persisted: the next start
+        # re-runs it (nodeadm tolerates that), rather than holding up a shutdown for minutes.
+        self.driver.cancel_work()
+        await self.dispatcher.close()
+        if self.link is not None:
+            with contextlib.suppress(Exception):
+                await self.link.stop(publish_offline=True)
+        raise _Stop
+
+    async def _close(self) -> None:
+        if self.controller is not None:
+            with contextlib.suppress(Exception):
+                await self.controller.aclose()
+        self.clock.flush()
+        self.ledger.close()
+        self.persist(self.driver.state)
+        self.notifier.close()
+        self.log.info("agent.stopped")
+
+    # ---- reload ----------------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: apply a new config's live settings, or refuse it and keep the old one."""
+        path = self.config.source
+        if path is None:
+            return
+        try:
+            new = load_config(path, self.env)
+        except (ConfigError, ConfigMissing) as e:
+            self.log.error("config.reload_refused", error=str(e))
+            self.emit("error", {"code": "config_invalid", "message": f"reload refused: {e}"})
+            return
+        restart = [
+            k
+            for k in ("mqtt", "controller", "state_dir", "host")
+            if getattr(new, k) != getattr(self.config, k)
+        ]
+        self.config = new
+        self.level.set(new.log.level)
+        self.driver.policy = lc.Policy(
+            auto_join=new.join.auto,
+            appliance=new.host.mode == "appliance",
+            retry_backoff_s=new.join.retry_backoff_s,
+            degraded_after_s=new.health.degraded_after_s,
+        )
+        self.log.info("config.reloaded", needs_restart=restart)
+        if restart:
+            self.emit(
+                "error",
+                {
+                    "code": "config_needs_restart",
+                    "message": f"changed {', '.join(restart)}: restart the agent",
+                },
+            )
+        if new.assignment_file is not None:
+            self.offer_assignment_file()
+
+    # ---- assignment sources ------------------------------------------------------------------
+    def offer_assignment(self, doc: Any, source: str) -> Assignment | None:
+        try:
+            a = parse_assignment(doc)
+        except AssignmentError as e:
+            self.log.error("assignment.invalid", source=source, error=str(e))
+            self.emit("error", {"code": "bad_assignment", "message": str(e)})
+            self.driver.post(lc.AssignmentInvalid(str(e)))
+            return None
+        self.driver.post(lc.AssignmentArrived(a))
+        return a
+
+    def offer_assignment_file(self) -> None:
+        path = self.config.assignment_file
+        assert path is not None
+        try:
+            doc = load_assignment_file(path)
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            msg = f"cannot read assignment_file {path}: {e}"
+            self.emit("error", {"code": "bad_assignment", "message": msg})
+            self.driver.post(lc.AssignmentInvalid(msg))
+            return
+        self.offer_assignment(doc, str(path))
+
+    def register_body(self) -> dict[str, Any]:
+        osr = self.host.os_release()
+        return {
+            "uid": self.uid,
+            "hostname": self.host.hostname(),
+            "mode": self.config.host.mode,
+            "agent_version": __version__,
+            "os": {
+                "id": osr.id if osr else "",
+                "version_id": osr.version_id if osr else "",
+                "pretty_name": osr.pretty_name if osr else "",
+            },
+            "arch": arch(),
+            "addresses": list(host_addresses()),
+            "labels": dict(self.config.host.labels),
+        }
+
+    async def controller_loop(self) -> None:
+        from agent.link.controller import ControllerError
+
+        ctl = self.controller
+        reg = await ctl.register(self.register_body())
+        self.emit(
+            "registration", {"state": "registered", "message": "registered with the controller"}
+        )
+        self.driver.post(lc.Registered())
+        if reg.assignment is not None:
+            self.offer_assignment(reg.assignment, "registration")
+        etag: str | None = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(
+                    self.config.controller.assignment_poll_s if self.config.controller else 30
+                ):
+                    await self.sync_event.wait()
+            self.sync_event.clear()
+            try:
+                fetch = await ctl.poll_assignment(self.register_body, etag)
+            except ControllerError:
+                continue  # on_error already recorded it; the persisted assignment still holds
+            if fetch.status == "changed" and fetch.body is not None:
+                etag = fetch.etag
+                self.offer_assignment(fetch.body, "controller")
+
+    def on_controller_error(self, code: str, message: str) -> None:
+        last = self.driver.state.last_error
+        if last is None or last.code != code:
+            self.emit(
+                "registration" if code != "controller_unreachable" else "error",
+                {"state": "failed", "code": code, "message": message},
+            )
+        self.driver.post(lc.ErrorSeen(code, message))
+
+    def on_controller_recovered(self) -> None:
+        for code in CONTROLLER_CODES:
+            self.driver.post(lc.ErrorCleared(code))
+
+    # ---- periodic loops ----------------------------------------------------------------------
+    async def status_loop(self, interval: float) -> None:
+        while True:
+            self.stamp("status")
+            await asyncio.sleep(min(interval, 10.0))
+            self.stamp("status")
+            if time.monotonic() - self.extra.get("_last_status", 0.0) >= interval:
+                self.publish_status()
+
+    async def health_loop(self, interval: float) -> None:
+        while True:
+            self.stamp("health")
+            try:
+                await self.health_once()
+            except Exception as e:  # noqa: BLE001 - health must never stop the agent
+                self.log.warning("health.failed", error=str(e))
+            await asyncio.sleep(interval)
+
+
+def fail(code: str, message: str) -> CommandFailed:
+    return CommandFailed(code, message)
+
+
+def main_stream() -> TextIO:
+    return sys.stdout
+
+
+__all__ = ["Agent", "Progress", "fail"]

@@ -1,0 +1,165 @@
+"""The lifecycle driver: carries out what the pure state machine decides.
+
+It owns the agent's `lifecycle.State`, feeds it events (boot, assignments, check results,
+nodeadm outcomes, health, commands, a one-second tick for retries), persists it after every
+change, and runs the actions: one piece of work at a time (checks or a nodeadm step), so there
+are never two nodeadm runs at once. Phase changes and notes are handed to ``emit`` as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from agent.core import lifecycle as lc
+from agent.core.checks import CheckResult
+
+StepRunner = Callable[[str, dict[str, Any], lc.State], Awaitable[lc.StepDone]]
+ChecksRunner = Callable[[lc.State], Awaitable[list[CheckResult]]]
+
+
+class LifecycleDriver:
+    def __init__(
+        self,
+        *,
+        state: lc.State,
+        policy: lc.Policy,
+        run_step: StepRunner,
+        run_checks: ChecksRunner,
+        tracker_present: Callable[[], bool],
+        persist: Callable[[lc.State], None],
+        emit: Callable[[str, dict[str, Any]], None],
+        on_change: Callable[[lc.State, lc.State], None],
+        now: Callable[[], float],
+        log: Any,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.policy = policy
+        self._run_step = run_step
+        self._run_checks = run_checks
+        self._tracker_present = tracker_present
+        self._persist = persist
+        self._emit = emit
+        self._on_change = on_change
+        self._now = now
+        self._log = log
+        self._heartbeat = heartbeat
+        self._events: asyncio.Queue[lc.Event] = asyncio.Queue()
+        self._pending: collections.deque[lc.Action] = collections.deque()
+        self._work: asyncio.Task[None] | None = None
+        self._work_name: str | None = None
+        self._changed = asyncio.Condition()
+
+    # ---- inputs -------------------------------------------------------------------------
+    def post(self, event: lc.Event) -> None:
+        self._events.put_nowait(event)
+
+    @property
+    def busy(self) -> str | None:
+        """The piece of work in flight (``checks`` or a nodeadm step), if any."""
+        return self._work_name
+
+    def cancel_work(self) -> bool:
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+            return True
+        return False
+
+    async def wait_until(self, predicate: Callable[[lc.State], bool]) -> lc.State:
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate(self.state))
+            return self.state
+
+    # ---- the loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(1.0):
+                        ev: lc.Event = await self._events.get()
+                except TimeoutError:
+                    ev = lc.Tick()
+                if self._heartbeat:
+                    self._heartbeat()
+                await self._apply(ev)
+        finally:
+            await self._stop_work()
+
+    async def _apply(self, ev: lc.Event) -> None:
+        old = self.state
+        new, actions = lc.step(old, ev, self._now(), self.policy)
+        if new != old:
+            self.state = new
+            self._persist(new)
+            if new.phase != old.phase:
+                self._emit(
+                    "phase", {"from": str(old.phase), "to": str(new.phase), "reason": new.reason}
+                )
+                self._log.info("phase", from_=str(old.phase), to=str(new.phase), reason=new.reason)
+            self._on_change(old, new)
+            async with self._changed:
+                self._changed.notify_all()
+        for action in actions:
+            if isinstance(action, lc.Note):
+                self._emit(action.type, {"message": action.message, **action.fields})
+            else:
+                self._pending.append(action)
+        self._start_next()
+
+    def _start_next(self) -> None:
+        if (self._work is not None and not self._work.done()) or not self._pending:
+            return
+        action = self._pending.popleft()
+        if isinstance(action, lc.RunChecks):
+            self._work_name = "checks"
+            self._work = asyncio.create_task(self._checks(), name="lifecycle-checks")
+        elif isinstance(action, lc.RunStep):
+            self._work_name = action.step
+            self._work = asyncio.create_task(self._step(action), name=f"nodeadm-{action.step}")
+        # The result is posted from inside the task; a tick after it ends starts what is queued.
+        self._work.add_done_callback(lambda _t: self.post(lc.Tick()))
+
+    async def _checks(self) -> None:
+        try:
+            results = await self._run_checks(self.state)
+            blocking = tuple(r.id for r in results if r.blocking)
+            self.post(lc.ChecksDone(blocking=blocking, tracker_present=self._tracker_present()))
+        except asyncio.CancelledError:
+            self.post(lc.ChecksDone(blocking=("canceled",), tracker_present=False))
+            raise
+        except Exception as e:  # noqa: BLE001 - a crashed check run must not stop the agent
+            self._log.error("checks.crashed", error=str(e), exc_info=True)
+            self.post(lc.ChecksDone(blocking=("checks.crashed",), tracker_present=False))
+        finally:
+            self._work_name = None
+
+    async def _step(self, action: lc.RunStep) -> None:
+        try:
+            done = await self._run_step(action.step, dict(action.args), self.state)
+        except asyncio.CancelledError:
+            self.post(
+                lc.StepDone(
+                    action.step, ok=False, canceled=True, message=f"nodeadm {action.step} canceled"
+                )
+            )
+            raise
+        except Exception as e:  # noqa: BLE001 - report, retry later; never crash the loop
+            self._log.error("nodeadm.crashed", step=action.step, error=str(e), exc_info=True)
+            done = lc.StepDone(action.step, ok=False, code="nodeadm_failed", message=str(e))
+        finally:
+            self._work_name = None
+        self.post(done)
+
+    async def _stop_work(self) -> None:
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._work
+
+    def snapshot(self) -> lc.State:
+        return replace(self.state)

@@ -1,0 +1,80 @@
+"""The Status object of contract §3, built from the lifecycle state and the last checks.
+
+Used for the retained status message, the ``get-status`` reply, and `edge-agent status`
+(which reads the persisted state when no daemon answers).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from agent import __version__
+from agent.core import lifecycle as lc
+from agent.core.timefmt import iso
+
+
+class _Source(Protocol):
+    uid: str
+    config: Any
+    nodeadm_version: str | None
+    last_checks: list[dict[str, Any]]
+    last_checks_ts: float | None
+
+    @property
+    def lifecycle_state(self) -> lc.State: ...
+
+
+def checks_object(checks: list[dict[str, Any]], ts: float | None) -> dict[str, Any] | None:
+    if not checks or ts is None:
+        return None
+    blocking = [c for c in checks if c.get("status") in ("fail", "error")]
+    return {
+        "passed": sum(c.get("status") == "pass" for c in checks),
+        "warned": sum(c.get("status") == "warn" for c in checks),
+        "failed": len(blocking),
+        "failing": [c.get("id") for c in blocking],
+        "ts": iso(ts),
+    }
+
+
+def status_from(
+    state: lc.State,
+    *,
+    uid: str,
+    mode: str,
+    seq: int,
+    ts: str,
+    nodeadm_version: str | None,
+    checks: dict[str, Any] | None,
+) -> dict[str, Any]:
+    a = state.assignment
+    le = state.last_error
+    return {
+        "uid": uid,
+        "agent_version": __version__,
+        "mode": mode,
+        "phase": str(state.phase),
+        "phase_since": iso(state.phase_since) if state.phase_since else ts,
+        "ts": ts,
+        "seq": seq,
+        "kubernetes_version": state.installed_version,
+        "target_kubernetes_version": a.kubernetes_version if a else None,
+        "node_name": state.node_name or (a.node_name_hint if a else None),
+        "credential_provider": a.credential_provider if a else None,
+        "assignment_revision": a.revision if a else None,
+        "nodeadm_version": nodeadm_version,
+        "checks": checks,
+        "last_error": {"code": le.code, "message": le.message, "ts": iso(le.ts)} if le else None,
+    }
+
+
+def build_status(src: _Source, *, seq: int, ts: str) -> dict[str, Any]:
+    return status_from(
+        src.lifecycle_state,
+        uid=src.uid,
+        mode=src.config.host.mode,
+        seq=seq,
+        ts=ts,
+        nodeadm_version=src.nodeadm_version,
+        checks=checks_object(src.last_checks, src.last_checks_ts),
+    )
