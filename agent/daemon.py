@@ -98,7 +98,9 @@ class Agent(AgentWork):
         from agent.state.store import SeqCounter
 
         self.seq = SeqCounter(config.state_dir / "seq")
-        self.clock = NeverBackwardsClock(config.state_dir / "clock", wall)
+        self.clock = NeverBackwardsClock(
+            config.state_dir / "clock", wall, persist_every_s=min(60.0, config.commands.max_skew_s)
+        )
         self.ledger = CommandLedger(
             config.state_dir / "commands.ledger", self.clock, max_skew_s=config.commands.max_skew_s
         )

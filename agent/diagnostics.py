@@ -63,7 +63,7 @@ async def _debug(agent: Any) -> str:
         report = await agent.runner.debug(agent.config.nodeadm.config_path)
     except Exception as e:  # noqa: BLE001 - the bundle says what failed instead
         return f"nodeadm debug failed: {e}\n"
-    return json.dumps({"ok": report.ok, "items": list(report.items)}, indent=1, default=str)
+    return json.dumps(report.as_dict(), indent=1, default=str)
 
 
 def _members(agent: Any, journal: str, debug: str) -> dict[str, str]:

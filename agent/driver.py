@@ -100,7 +100,9 @@ class LifecycleDriver:
                 self._emit(
                     "phase", {"from": str(old.phase), "to": str(new.phase), "reason": new.reason}
                 )
-                self._log.info("phase", from_=str(old.phase), to=str(new.phase), reason=new.reason)
+                self._log.info(
+                    "phase", from_phase=str(old.phase), to=str(new.phase), reason=new.reason
+                )
             self._on_change(old, new)
             async with self._changed:
                 self._changed.notify_all()
@@ -122,7 +124,8 @@ class LifecycleDriver:
             self._work_name = action.step
             self._work = asyncio.create_task(self._step(action), name=f"nodeadm-{action.step}")
         # The result is posted from inside the task; a tick after it ends starts what is queued.
-        self._work.add_done_callback(lambda _t: self.post(lc.Tick()))
+        if self._work is not None:
+            self._work.add_done_callback(lambda _t: self.post(lc.Tick()))
 
     async def _checks(self) -> None:
         try:

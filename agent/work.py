@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from collections.abc import Callable
 from typing import Any
 
 from agent.commands.dispatcher import CommandFailed, Progress
@@ -28,6 +29,10 @@ PROGRESS = {
     lc.Phase.UPGRADING: 50,
     lc.Phase.UNINSTALLING: 50,
 }
+
+
+def _phase_differs(seen: lc.Phase | None) -> Callable[[lc.State], bool]:
+    return lambda st: st.phase != seen
 
 
 class AgentWork:
@@ -47,17 +52,22 @@ class AgentWork:
     sync_event: asyncio.Event
     dispatcher: Any
     level: Any
+    rng: Any
+    seq: Any
+    storage_error: str | None
 
-    def emit(self, type_: str, fields: dict[str, Any]) -> None: ...
-    def publish_status(self) -> None: ...
-    def secrets(self) -> list[str]: ...
-    def now(self) -> float: ...
-    def stamp(self, name: str) -> None: ...
-    def base(self) -> dict[str, Any]: ...
-    def offer_assignment(self, doc: Any, source: str) -> Any: ...
-    def offer_assignment_file(self) -> None: ...
-    def on_controller_error(self, code: str, message: str) -> None: ...
-    def on_controller_recovered(self) -> None: ...
+    # Provided by Agent (agent/daemon.py), declared here for the type checker.
+    emit: Callable[[str, dict[str, Any]], None]
+    publish_status: Callable[[], None]
+    secrets: Callable[[], list[str]]
+    now: Callable[[], float]
+    stamp: Callable[[str], None]
+    base: Callable[[], dict[str, Any]]
+    offer_assignment: Callable[[Any, str], Any]
+    offer_assignment_file: Callable[[], None]
+    on_controller_error: Callable[[str, str], None]
+    on_controller_recovered: Callable[[], None]
+    register_body: Callable[[], dict[str, Any]]
 
     # ---- construction -------------------------------------------------------------------
     def init_work(self, state: lc.State, policy: lc.Policy) -> None:
@@ -245,7 +255,7 @@ class AgentWork:
     ) -> lc.State:
         last: lc.Phase | None = None
         while True:
-            s = await self.driver.wait_until(lambda st, seen=last: st.phase != seen)
+            s = await self.driver.wait_until(_phase_differs(last))
             last = s.phase
             if s.phase in done:
                 return s
@@ -330,11 +340,10 @@ class AgentWork:
         a = self.driver.state.assignment
         return {"revision": a.revision if a else None}
 
-    def register_body(self) -> dict[str, Any]: ...
-
     async def nodeadm_debug(self) -> dict[str, Any]:
         report = await self.runner.debug(self.config.nodeadm.config_path)
-        return {"ok": report.ok, "items": [dict(i) for i in report.items]}
+        result: dict[str, Any] = report.as_dict()
+        return result
 
     async def collect_diagnostics(self, upload: bool, progress: Progress) -> dict[str, Any]:
         from agent.diagnostics import build_bundle

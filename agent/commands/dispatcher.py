@@ -127,6 +127,12 @@ class Dispatcher:
             )
             if r.command_id is None:
                 self._send_error(r.code, f"command without a readable id refused: {r.message}")
+            elif self.ledger.lookup(r.command_id) is not None:
+                # An unverified message reusing a real command's id must not post a false
+                # state for it: the controller hears about it as an error event instead.
+                self._send_error(
+                    r.code, f"refused a message reusing command id {r.command_id}: {r.message}"
+                )
             else:
                 self._reply(r.command_id, None, "rejected", error=(r.code, r.message))
             return
@@ -162,8 +168,7 @@ class Dispatcher:
                 code=rejection[0],
                 reason=rejection[1],
             )
-            reply = self._reply(env.id, env.name, "rejected", error=rejection)
-            self.ledger.record_final(env.id, reply)
+            self._reply(env.id, env.name, "rejected", error=rejection, record=True)
             return
         assert spec is not None
         run = _Running(env, spec)
@@ -227,7 +232,7 @@ class Dispatcher:
             self.running.pop(env.id, None)
         if state == "succeeded":
             message = "done"
-        reply = self._reply(
+        self._reply(
             env.id,
             env.name,
             state,
@@ -235,8 +240,8 @@ class Dispatcher:
             error=error,
             progress=100 if state == "succeeded" else run.progress,
             message=message or (error[1] if error else ""),
+            record=True,
         )
-        self.ledger.record_final(env.id, reply)
         self._log.info("command.finished", command_id=env.id, name=env.name, state=state)
 
     def cancel(self, command_id: str) -> bool:
@@ -262,8 +267,8 @@ class Dispatcher:
                 entry.name,
                 "failed",
                 error=("agent_restarted", "the agent restarted while the command ran"),
+                record=True,
             )
-            self.ledger.record_final(entry.id, reply)
 
     # ---- replies -----------------------------------------------------------------------------
     def _reply(
@@ -277,6 +282,7 @@ class Dispatcher:
         progress: int | None = None,
         message: str = "",
         duplicate: bool = False,
+        record: bool = False,
     ) -> dict[str, Any]:
         reply: dict[str, Any] = {
             "command_id": command_id,
@@ -289,5 +295,8 @@ class Dispatcher:
             "error": {"code": error[0], "message": error[1]} if error else None,
             "duplicate": duplicate,
         }
+        if record:
+            # Recorded before it is sent: a crash in between must not cause a second final reply.
+            self.ledger.record_final(command_id, reply)
         self._send_reply(reply)
         return reply

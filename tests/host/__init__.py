@@ -1,0 +1,1 @@
+"""Tests of the host adapters: systemd, host files, processes."""
