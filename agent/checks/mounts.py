@@ -1,0 +1,173 @@
+"""``mounts.bind`` and ``mounts.writable``: nodeadm's directories persist and can be written.
+
+Both read ``/proc/1/mountinfo`` under the host root: PID 1's mount namespace is the host's,
+so its mount points are host paths, and the agent's own sandbox (a container, systemd's
+``ProtectSystem``) does not colour the verdict. On Kairos ``/etc`` and ``/var`` are tmpfs
+overlays, so in appliance mode the EKS paths must be bind mounts from persistent storage or
+nodeadm's files vanish at reboot (palette-kairos.md §3).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+
+from agent.checks.base import Check, CheckContext, CheckVerdict, failed, passed, skipped
+
+MOUNTINFO = "/proc/1/mountinfo"
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class Mount:
+    mount_point: str
+    root: str
+    options: tuple[str, ...]
+    fstype: str
+    source: str
+    super_options: tuple[str, ...]
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options
+
+    @property
+    def super_read_only(self) -> bool:
+        return "ro" in self.super_options
+
+
+def unescape(field: str) -> str:
+    """The kernel writes space, tab, newline and backslash in paths as ``\\040`` and so on."""
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Mounts in ``/proc/<pid>/mountinfo`` order (a later mount shadows an earlier one)."""
+    mounts = []
+    for line in text.splitlines():
+        parts = line.split(" ")
+        if "-" not in parts[6:]:
+            continue
+        sep = parts.index("-", 6)
+        if len(parts) < sep + 3:
+            continue
+        mounts.append(
+            Mount(
+                mount_point=unescape(parts[4]),
+                root=unescape(parts[3]),
+                options=tuple(parts[5].split(",")),
+                fstype=parts[sep + 1],
+                source=unescape(parts[sep + 2]),
+                super_options=tuple(parts[sep + 3].split(",")) if len(parts) > sep + 3 else (),
+            )
+        )
+    return mounts
+
+
+def _under(path: str, mount_point: str) -> bool:
+    return mount_point in ("/", path) or path.startswith(mount_point + "/")
+
+
+def mount_of(mounts: list[Mount], host_path: str) -> Mount | None:
+    """The mount holding ``host_path``: the longest mount point above it, the last one wins."""
+    best: Mount | None = None
+    for m in mounts:
+        if _under(host_path, m.mount_point) and (
+            best is None or len(m.mount_point) >= len(best.mount_point)
+        ):
+            best = m
+    return best
+
+
+def _read_mounts(ctx: CheckContext) -> list[Mount] | CheckVerdict:
+    text = ctx.host.read_text(MOUNTINFO)
+    if text is None:
+        return failed(
+            f"cannot read {MOUNTINFO} under the host root {ctx.host.root}: the host's mounts "
+            "cannot be judged",
+            "run the agent where it sees the host's /proc (in a container: pid: host and "
+            "the host mounted at host.root)",
+        )
+    return parse_mountinfo(text)
+
+
+async def check_bind(ctx: CheckContext) -> CheckVerdict:
+    if ctx.config.host.mode != "appliance":
+        return skipped("agent mode: the EKS paths live on the host's own filesystems")
+    mounts = _read_mounts(ctx)
+    if isinstance(mounts, CheckVerdict):
+        return mounts
+    points = {m.mount_point for m in mounts}
+    wanted = [posixpath.normpath(p) for p in ctx.config.checks.bind_mounts]
+    missing = [p for p in wanted if p not in points]
+    details = {"missing": missing, "mounted": [p for p in wanted if p in points]}
+    if missing:
+        return failed(
+            f"not mount points in the host's mount namespace: {', '.join(missing)}; what "
+            "nodeadm writes there is lost at reboot (Kairos keeps /etc and /var in memory)",
+            details=details,
+        )
+    return passed(f"all {len(wanted)} EKS paths are bind mounts", details)
+
+
+def _nearest_existing(ctx: CheckContext, host_path: str) -> str:
+    path = host_path
+    while path != "/" and not ctx.host.path(path).exists():
+        path = posixpath.dirname(path)
+    return path
+
+
+def _judge_writable(ctx: CheckContext, mounts: list[Mount], host_path: str) -> str | None:
+    """Why ``host_path`` cannot be written, or None when it can."""
+    if ctx.host.path(host_path).exists() and not ctx.host.path(host_path).is_dir():
+        return f"{host_path} exists but is not a directory"
+    existing = _nearest_existing(ctx, host_path)
+    mount = mount_of(mounts, existing)
+    where = host_path if existing == host_path else f"{host_path} (nearest existing: {existing})"
+    if mount is None:
+        return f"{where} is on no mount listed in {MOUNTINFO}"
+    if mount.read_only:
+        return f"{where} is on {mount.mount_point}, mounted read-only"
+    # The per-mount flag says rw, but a read-only superblock (errors=remount-ro after a disk
+    # error, a squashfs image) still refuses writes.
+    if mount.super_read_only:
+        return (
+            f"{where} is on {mount.mount_point}, whose {mount.fstype} filesystem is read-only "
+            "(super options ro)"
+        )
+    return None
+
+
+async def check_writable(ctx: CheckContext) -> CheckVerdict:
+    mounts = _read_mounts(ctx)
+    if isinstance(mounts, CheckVerdict):
+        return mounts
+    wanted = [posixpath.normpath(p) for p in ctx.config.checks.bind_mounts]
+    problems = {p: why for p in wanted if (why := _judge_writable(ctx, mounts, p)) is not None}
+    details = {"problems": problems, "writable": [p for p in wanted if p not in problems]}
+    if problems:
+        return failed("; ".join(problems.values()), details=details)
+    return passed(f"all {len(wanted)} EKS paths are on writable mounts", details)
+
+
+BIND = Check(
+    id="mounts.bind",
+    title="EKS paths are bind mounts",
+    remedy="add the missing paths to the install block's bind_mounts (Kairos: install."
+    "bind_mounts, or CUSTOM_BIND_MOUNTS in an /oem rootfs stage; /eks-hybrid also needs "
+    "extra-dirs-rootfs) and reboot",
+    timeout_s=10.0,
+    needs_assignment=False,
+    run=check_bind,
+)
+
+WRITABLE = Check(
+    id="mounts.writable",
+    title="EKS paths are writable",
+    remedy="mount the listed paths read-write (a bind mount from persistent storage in "
+    "appliance mode) or point checks.bind_mounts at where nodeadm may write",
+    timeout_s=10.0,
+    needs_assignment=False,
+    run=check_writable,
+)
