@@ -125,9 +125,15 @@ async def _check(cfg: Config, as_json: bool, only: list[str] | None) -> int:
         print(f"edge-agent: {problem}", file=sys.stderr)
     state = StateStore(cfg.state_dir).load().state
     log = make_logger(level=LevelHolder("warning"), fmt="json", stream=sys.stderr)
-    ctx = CheckContext.build(cfg, assignment=assignment, installed_minor=state.installed_minor,
-                             addresses=host_addresses(), now=time.time(), allow_changes=False,
-                             log=log)
+    ctx = CheckContext.build(
+        cfg,
+        assignment=assignment,
+        installed_minor=state.installed_minor,
+        addresses=host_addresses(),
+        now=time.time(),
+        allow_changes=False,
+        log=log,
+    )
     try:
         results = await run_checks(ctx, only)
     except UnknownCheck as e:
@@ -153,24 +159,35 @@ def _status(cfg: Config, as_json: bool) -> int:
         status = None
     # The state file is the truth; status.json adds what only the daemon knows (seq).
     loaded = StateStore(cfg.state_dir).load()
-    fresh = status_from(loaded.state, uid=_uid(cfg), mode=cfg.host.mode,
-                        seq=int((status or {}).get("seq") or 0), ts=iso(time.time()),
-                        nodeadm_version=loaded.extra.get("nodeadm_version"),
-                        checks=checks_object(loaded.checks, loaded.checks_ts))
+    fresh = status_from(
+        loaded.state,
+        uid=_uid(cfg),
+        mode=cfg.host.mode,
+        seq=int((status or {}).get("seq") or 0),
+        ts=iso(time.time()),
+        nodeadm_version=loaded.extra.get("nodeadm_version"),
+        checks=checks_object(loaded.checks, loaded.checks_ts),
+    )
     if as_json:
         print(json.dumps(fresh, indent=1))
         return EX_OK
     le = fresh["last_error"]
     print(f"uid:        {fresh['uid']}\nphase:      {fresh['phase']} since {fresh['phase_since']}")
-    print(f"kubernetes: {fresh['kubernetes_version'] or '-'} "
-          f"(target {fresh['target_kubernetes_version'] or '-'})")
-    print(f"node:       {fresh['node_name'] or '-'}  provider {fresh['credential_provider'] or '-'}"
-          f"  assignment revision {fresh['assignment_revision'] or '-'}")
+    print(
+        f"kubernetes: {fresh['kubernetes_version'] or '-'} "
+        f"(target {fresh['target_kubernetes_version'] or '-'})"
+    )
+    print(
+        f"node:       {fresh['node_name'] or '-'}  provider {fresh['credential_provider'] or '-'}"
+        f"  assignment revision {fresh['assignment_revision'] or '-'}"
+    )
     c = fresh["checks"]
     if c:
         failing = ", ".join(c["failing"]) or "none"
-        print(f"checks:     {c['passed']} passed, {c['warned']} warned, {c['failed']} failed "
-              f"(failing: {failing}) at {c['ts']}")
+        print(
+            f"checks:     {c['passed']} passed, {c['warned']} warned, {c['failed']} failed "
+            f"(failing: {failing}) at {c['ts']}"
+        )
     if le:
         print(f"last error: {le['code']}: {le['message']} ({le['ts']})")
     return EX_OK
@@ -190,8 +207,10 @@ def _nodeconfig(cfg: Config, show_secrets: bool) -> int:
 
     assignment, problem = _local_assignment(cfg)
     if assignment is None:
-        print(f"edge-agent: {problem or 'no assignment yet (none persisted, no assignment_file)'}",
-              file=sys.stderr)
+        print(
+            f"edge-agent: {problem or 'no assignment yet (none persisted, no assignment_file)'}",
+            file=sys.stderr,
+        )
         return EX_FAIL
     doc = render_nodeconfig(assignment)
     if not show_secrets:

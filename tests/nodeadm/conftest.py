@@ -1,0 +1,128 @@
+"""A made-up host with the fake nodeadm on it, and a `NodeadmRunner` pointed at both.
+
+`FakeHost.runner()` builds a runner whose programs are the devtools.fakehost wrappers for a
+host tree under ``tmp_path``; the recorded log and every ``on_line`` call are kept for
+assertions. Knobs (``NODEADM_FAKE_*``) are baked into the wrappers, so a test that changes
+them calls `FakeHost.knobs` to rewrite the wrappers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.core.config import Config, HostConfig, NodeadmConfig, ProgramsConfig
+from agent.core.nodeadm_errors import NodeadmLine
+from agent.host.hostroot import HostRoot
+from agent.host.nodeadm import NodeadmRunner
+from devtools.fakehost.hosttree import install_fake_programs, make_host
+
+FAST = {"NODEADM_FAKE_DELAY": "0.01"}
+
+
+class RecordingLog:
+    """Stands in for a structlog logger: keeps (level, event, fields) in order."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+
+    def _add(self, level: str, event: str, kw: dict[str, Any]) -> None:
+        self.records.append((level, event, kw))
+
+    def debug(self, event: str, /, **kw: Any) -> None:
+        self._add("debug", event, kw)
+
+    def info(self, event: str, /, **kw: Any) -> None:
+        self._add("info", event, kw)
+
+    def warning(self, event: str, /, **kw: Any) -> None:
+        self._add("warning", event, kw)
+
+    def error(self, event: str, /, **kw: Any) -> None:
+        self._add("error", event, kw)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [kw for _, event, kw in self.records if event == name]
+
+    def dump(self) -> str:
+        return json.dumps(self.records, default=str)
+
+
+@dataclasses.dataclass
+class FakeHost:
+    tmp: Path
+    root: Path
+    state_dir: Path
+    bin_dir: Path
+    programs: dict[str, str]
+    config_path: Path
+    invocations: Path
+    lines: list[tuple[str, NodeadmLine]] = dataclasses.field(default_factory=list)
+    log: RecordingLog = dataclasses.field(default_factory=RecordingLog)
+
+    def knobs(self, **env: str) -> None:
+        """Rewrite the fake programs' wrappers with these NODEADM_FAKE_* knobs."""
+        self.programs |= install_fake_programs(
+            self.bin_dir, self.root, env={**FAST, "NODEADM_FAKE_LOG": str(self.invocations), **env}
+        )
+
+    def config(self, **nodeadm: Any) -> Config:
+        settings: dict[str, Any] = {"systemd_run": "never"} | nodeadm
+        return Config(
+            host=HostConfig(root=self.root),
+            state_dir=self.state_dir,
+            nodeadm=NodeadmConfig(config_path=self.config_path, **settings),
+            programs=ProgramsConfig(
+                nodeadm=self.programs["nodeadm"],
+                systemctl=self.programs["systemctl"],
+                dpkg=self.programs["dpkg"],
+                systemd_run=self.programs.get("systemd_run", "systemd-run"),
+            ),
+        )
+
+    def runner(
+        self,
+        *,
+        secrets: Callable[[], list[str]] = list,
+        env: Mapping[str, str] | None = None,
+        **nodeadm: Any,
+    ) -> NodeadmRunner:
+        return NodeadmRunner(
+            self.config(**nodeadm),
+            HostRoot(self.root),
+            on_line=lambda step, line: self.lines.append((step, line)),
+            log=self.log,
+            secrets=secrets,
+            env=env,
+        )
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The fake nodeadm's own record of its invocations: argv and pid."""
+        if not self.invocations.exists():
+            return []
+        return [json.loads(x) for x in self.invocations.read_text().splitlines() if x]
+
+
+@pytest.fixture
+def fake_host(tmp_path: Path) -> Callable[..., FakeHost]:
+    def build(knobs: Mapping[str, str] | None = None, **host: Any) -> FakeHost:
+        root = tmp_path / "host"
+        make_host(root, **host)
+        fh = FakeHost(
+            tmp=tmp_path,
+            root=root,
+            state_dir=tmp_path / "state",
+            bin_dir=tmp_path / "bin",
+            programs={},
+            config_path=tmp_path / "etc" / "edge-agent" / "nodeconfig.yaml",
+            invocations=tmp_path / "nodeadm-invocations.jsonl",
+        )
+        fh.knobs(**(knobs or {}))
+        return fh
+
+    return build

@@ -1,0 +1,208 @@
+"""Reading nodeadm's output: zap lines, last_error classification, debug reports, scrubbing.
+
+These are table tests over the pure core; test_runner.py drives the same classification
+through the nodeadm stand-in's real failure modes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.core.nodeadm_errors import (
+    NodeadmLine,
+    classify,
+    parse_debug_output,
+    parse_line,
+    scrub,
+    scrub_line,
+)
+from tests.nodeadm.samples import ACTIVATION_CODE
+
+
+def zap(level: str, msg: str, **fields: object) -> str:
+    return json.dumps(
+        {"level": level, "ts": "2025-07-29T02:42:51.330Z", "caller": "flows/init.go:42",
+         "msg": msg, **fields}
+    )  # fmt: skip
+
+
+def fatal(error: str) -> NodeadmLine:
+    line = parse_line(zap("fatal", "Command failed", error=error))
+    assert line is not None
+    return line
+
+
+def test_parse_zap_line() -> None:
+    line = parse_line(zap("info", "Installing kubelet...", version="1.31.2"))
+    assert line == NodeadmLine(
+        level="info",
+        msg="Installing kubelet...",
+        fields={"version": "1.31.2"},
+        ts="2025-07-29T02:42:51.330Z",
+        caller="flows/init.go:42",
+    )
+    assert line.as_event() == {
+        "level": "info",
+        "msg": "Installing kubelet...",
+        "fields": {"version": "1.31.2"},
+    }
+
+
+def test_parse_float_epoch_from_early_builds() -> None:
+    line = parse_line('{"level":"warn","ts":1732641847.1234,"msg":"slow"}')
+    assert line is not None
+    assert line.ts == "2024-11-26T17:24:07.123Z"
+    assert line.level == "warn"
+    assert line.caller is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Usage: nodeadm install [flags]", "{not json", '["a", "list"]', '{"no": "zap keys"}'],
+)
+def test_anything_else_is_a_raw_info_line(text: str) -> None:
+    assert parse_line(text) == NodeadmLine(level="info", msg=text, fields={}, raw=True)
+
+
+def test_blank_lines_are_dropped() -> None:
+    assert parse_line("   \n") is None
+
+
+def test_unknown_levels_read_as_info_and_error_is_exposed() -> None:
+    line = parse_line('{"level":"TRACE","msg":"x","error":"boom"}')
+    assert line is not None
+    assert (line.level, line.error) == ("info", "boom")
+
+
+CASES = [
+    ("init", "SSM activation expired. Please use a valid activation", "ssm_activation_expired"),
+    (
+        "init",
+        "registering: ActivationExpired: the activation has expired",
+        "ssm_activation_expired",
+    ),
+    (
+        "init",
+        "invalid SSM activation. Please use a valid activation code, activation id and region",
+        "ssm_activation_invalid",
+    ),
+    (
+        "init",
+        "node IP 203.0.113.7 is not in any of the remote network CIDR blocks [10.200.0.0/16]",
+        "node_ip_out_of_range",
+    ),
+    ("init", "partition type swap found on the host", "partition_swap"),
+    (
+        "install",
+        "context deadline exceeded: running command [apt install containerd -y]",
+        "package_install_timeout",
+    ),
+    ("install", "E: Unable to locate package containerd", "package_install_timeout"),
+    ("init", "waiting for kubelet: context deadline exceeded", "nodeadm_timeout"),
+    ("install", "context deadline exceeded: downloading kubelet", "nodeadm_timeout"),
+    ("init", "must run as root", "nodeadm_failed"),
+]
+
+
+@pytest.mark.parametrize(("step", "error", "code"), CASES)
+def test_classify_fatal_errors(step: str, error: str, code: str) -> None:
+    got, message = classify(step, 1, [fatal(error)], False)
+    assert got == code
+    assert message.startswith(f"nodeadm {step} failed: ")
+    assert error.split(":", maxsplit=1)[0] in message
+
+
+def test_progress_lines_do_not_classify_a_failure() -> None:
+    progress = parse_line(zap("info", "Validating", validation="node-ip-validation"))
+    assert progress is not None
+    code, _ = classify("init", 1, [progress, fatal("some other failure")], False)
+    assert code == "nodeadm_failed"
+
+
+def test_our_timeout_names_the_limit_and_the_last_error() -> None:
+    code, message = classify("init", None, [fatal("dial tcp: i/o timeout")], True, timeout_s=90)
+    assert code == "nodeadm_timeout"
+    assert "did not finish within 90 s" in message
+    assert "i/o timeout" in message
+
+
+def test_remediation_is_appended_from_nodeadm_or_our_hints() -> None:
+    swap = parse_line(
+        zap("error", "Validation failed", error="partition type swap found on the host",
+            remediation="Disable swap partitions before running init")
+    )  # fmt: skip
+    assert swap is not None
+    _, message = classify("init", 1, [swap], False)
+    assert message.endswith("Disable swap partitions before running init.")
+    _, message = classify("init", 1, [fatal("SSM activation expired")], False)
+    assert "Create a new SSM hybrid activation" in message
+
+
+def test_usage_errors_use_flaggy_last_line() -> None:
+    lines = [parse_line("Usage: nodeadm init [flags]"), parse_line("--config-source is required")]
+    code, message = classify("init", 2, [x for x in lines if x], False)
+    assert code == "nodeadm_failed"
+    assert "--config-source is required" in message
+
+
+def test_exit_zero_quirks() -> None:
+    assert classify("init", 0, [], False, tracker_present=True, kubelet_active=True)[0] is None
+    assert classify("init", 0, [], False, tracker_present=False)[0] == "not_installed"
+    assert classify("upgrade", 0, [], False, tracker_present=False)[0] == "not_installed"
+    code, message = classify("init", 0, [], False, tracker_present=True, kubelet_active=False)
+    assert code == "kubelet_inactive"
+    assert "journalctl -u kubelet" in message
+    assert classify("install", 0, [], False, tracker_present=True)[0] is None
+    assert classify("install", 0, [], False, tracker_present=False)[0] == "nodeadm_failed"
+    assert classify("uninstall", 0, [], False, tracker_present=False)[0] is None
+
+
+def test_secrets_are_scrubbed_from_messages_and_lines() -> None:
+    echoed = fatal(f"InvalidActivation: code {ACTIVATION_CODE} rejected")
+    code, message = classify("init", 1, [echoed], False, secrets=[ACTIVATION_CODE])
+    assert code == "ssm_activation_invalid"
+    assert ACTIVATION_CODE not in message
+    assert "<redacted>" in message
+    clean = scrub_line(echoed, [ACTIVATION_CODE])
+    assert ACTIVATION_CODE not in json.dumps(clean.as_event())
+    # Short strings are not treated as secrets: they would mangle ordinary words.
+    assert scrub("a b c", ["b"]) == "a b c"
+
+
+DEBUG_OUTPUT = """\
+* Validating access to SSM endpoint [Success]
+* Validating NTP sync [Success]
+* Validating swap [Failed]
+  ├── Error: partition type swap found on the host
+  └── Remediation: Disable swap partitions before running nodeadm init.
+      Then run debug again.
+{"level":"info","ts":"2025-07-29T02:42:51.330Z","msg":"interleaved"}
+* Validating kubelet serving certificate [Failed]
+    Error: certificate signed by unknown authority
+    Remediation: Remove /var/lib/kubelet/pki and re-run init
+
+Issues found during validation. Please follow the remediation advice above.
+"""
+
+
+def test_parse_debug_output() -> None:
+    items = parse_debug_output(DEBUG_OUTPUT)
+    assert [i.as_dict() for i in items] == [
+        {"description": "Validating access to SSM endpoint", "ok": True, "error": None,
+         "remediation": None},
+        {"description": "Validating NTP sync", "ok": True, "error": None, "remediation": None},
+        {"description": "Validating swap", "ok": False,
+         "error": "partition type swap found on the host",
+         "remediation": "Disable swap partitions before running nodeadm init. "
+         "Then run debug again."},
+        {"description": "Validating kubelet serving certificate", "ok": False,
+         "error": "certificate signed by unknown authority",
+         "remediation": "Remove /var/lib/kubelet/pki and re-run init"},
+    ]  # fmt: skip
+
+
+def test_parse_debug_output_strips_colour() -> None:
+    items = parse_debug_output("* Validating swap \x1b[32m[Success]\x1b[0m\n")
+    assert [(i.description, i.ok) for i in items] == [("Validating swap", True)]
