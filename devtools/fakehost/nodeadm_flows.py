@@ -1,0 +1,558 @@
+"""What each fake nodeadm subcommand does: its log lines, timing, failure modes and file effects.
+
+The order of checks and log lines follows nodeadm's flows (nodeadm.md §2, and the quirks of
+"What a faithful test double of nodeadm must mimic"): install validates, resolves the version
+and installs step by step against its `--timeout`; init and upgrade exit 0 without a tracker;
+uninstall exits 0 when already uninstalled; debug reports a checklist on stdout. Injected
+failures (`Knobs.failure`) and hangs (`Knobs.hangs`) happen where the real ones would.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devtools.fakehost import layout, nodeadm_files, nodeconfig
+from devtools.fakehost.layout import under
+from devtools.fakehost.nodeadm_debug import checklist
+from devtools.fakehost.nodeadm_run import (
+    Clock,
+    CommandError,
+    DeadlineExceeded,
+    Knobs,
+    Log,
+    SilentFailure,
+    Usage,
+    parse_duration,
+    resolve_version,
+    spawn_hung_child,
+)
+
+CONFIG_REQUIRED = (
+    "--config-source is a required flag. The format is a URI with supported schemes: "
+    "[file, imds]. For example on hybrid nodes --config-source file://nodeConfig.yaml"
+)
+SIMULATED = "(simulated by NODEADM_FAKE_FAIL)"
+
+
+@dataclass
+class Invocation:
+    """A parsed command line: subcommand, flag values by long name, positionals."""
+
+    sub: str
+    values: dict[str, Any]
+    positionals: list[str]
+    development: bool = False
+
+    def skip(self) -> set[str]:
+        return {s.strip() for s in str(self.values.get("skip") or "").split(",") if s.strip()}
+
+
+@dataclass
+class Run:
+    """One invocation with its knobs and log."""
+
+    inv: Invocation
+    knobs: Knobs
+    log: Log
+
+    @property
+    def root(self) -> Path:
+        return self.knobs.root
+
+    @property
+    def os_id(self) -> str:
+        return layout.read_os_release(self.root).get("ID", "ubuntu")
+
+    def step(self, clock: Clock, msg: str, what: str) -> None:
+        """Log one step and spend the simulated time on it."""
+        self.log.info(msg)
+        clock.sleep(self.knobs.delay, what)
+
+    def hang(self, clock: Clock, what: str) -> None:
+        """Stall like a stuck child process until the deadline (or forever without one)."""
+        self.log.info("Waiting for command to finish", command=what)
+        child = spawn_hung_child(self.root, self.inv.sub)
+        try:
+            while True:
+                clock.sleep(60.0, what)
+        finally:
+            child.kill()
+            child.wait()
+
+
+def run(inv: Invocation, knobs: Knobs, log: Log) -> int:
+    handlers: dict[str, Callable[[Run], int]] = {
+        "install": install,
+        "init": init,
+        "upgrade": upgrade,
+        "uninstall": uninstall,
+        "debug": debug,
+        "config": config_check,
+        "sync-artifacts": sync_artifacts,
+    }
+    return handlers[inv.sub](Run(inv, knobs, log))
+
+
+def _require_root(run: Run) -> None:
+    # Tests run as root anyway; the check is opt-in so the fake also runs unprivileged.
+    if run.knobs.require_root and os.geteuid() != 0:
+        raise CommandError("must run as root")
+
+
+def _timeout(run: Run, default: str) -> Clock:
+    text = str(run.inv.values.get("timeout") or default)
+    return Clock(parse_duration(text))
+
+
+def _load_config(run: Run, *, validate: bool = True) -> nodeconfig.NodeConfig:
+    uri = run.inv.values.get("config-source")
+    if not uri:
+        raise Usage(CONFIG_REQUIRED)
+    run.log.info("Loading configuration..", configSource=uri)
+    try:
+        config = nodeconfig.load(str(uri))
+        if validate:
+            run.log.component = "hybrid/validator.go"
+            run.log.info("Validating configuration...")
+            nodeconfig.validate(config, run.root)
+    except nodeconfig.ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    return config
+
+
+def install(run: Run) -> int:
+    run.log.component = "install/install.go"
+    _require_root(run)
+    values = run.inv.values
+    provider = values.get("credential-provider")
+    if not provider:
+        raise Usage("--credential-provider is a required flag. Allowed values are ssm & iam-ra")
+    if provider not in ("ssm", "iam-ra"):
+        raise CommandError("invalid credential process provided. Valid options are ssm and iam-ra")
+    source = str(values.get("containerd-source") or "distro")
+    _validate_containerd_source(run, source)
+    if values.get("private-mode") and not values.get("manifest-override"):
+        raise CommandError("--manifest-override is required when --private-mode is set")
+    _check_manifest_override(values.get("manifest-override"))
+    run.log.info("Creating package manager...")
+    clock = _timeout(run, "20m")
+    wanted = run.inv.positionals[0]
+    run.log.info("Validating Kubernetes version", version=wanted)
+    _check_region(str(values.get("region") or "us-west-2"))
+    version = resolve_version(wanted, run.knobs.supported)
+    run.log.info("Using Kubernetes version", version=version)
+    mode = run.knobs.failure("install")
+    hang = run.knobs.hangs("install")
+    run.log.component = "flows/install.go"
+    run.log.info("Configuring package manager. This might take a while...")
+    apt = layout.uses_apt(run.os_id)
+    marker = under(run.root, f"{layout.DPKG_UPDATES}/0001")
+    try:
+        run.log.info("Installing containerd...")
+        if apt:
+            # dpkg's journal of a half-configured package: what a kill mid-install leaves.
+            layout.write_file(marker, "Package: containerd\nStatus: install ok half-configured\n")
+        _install_containerd(run, clock, source, mode, hang)
+        run.step(clock, "Installing iptables...", "failed to install iptables")
+        if mode == "generic":
+            pm = "apt" if apt else "yum"
+            raise CommandError(
+                f"failed to install iptables: running command [{pm} install -y iptables]: "
+                f"exit status 100 {SIMULATED}"
+            )
+        _install_credential_process(run, clock, str(provider))
+        _install_eks_artifacts(run, clock, mode, version)
+    except DeadlineExceeded:
+        raise  # a killed apt leaves dpkg half-configured
+    except CommandError:
+        marker.unlink(missing_ok=True)
+        raise
+    run.log.info("Finishing up install...")
+    previous = layout.read_tracker(run.root) or {}
+    artifacts = layout.install_artifacts(
+        run.root,
+        kubernetes_version=version,
+        provider=str(provider),
+        containerd_source=source,
+        os_id=run.os_id,
+    )
+    # nodeadm starts from the current tracker: a re-install that finds containerd (or
+    # iptables) already there keeps the mark of having installed it the first time.
+    for key, value in previous.items():
+        if artifacts.get(key) in (False, "none") and value not in (False, "none"):
+            artifacts[key] = value
+    layout.write_tracker(run.root, artifacts)
+    marker.unlink(missing_ok=True)
+    return 0
+
+
+def _validate_containerd_source(run: Run, source: str) -> None:
+    if source not in ("none", "distro", "docker"):
+        raise CommandError(
+            f"invalid containerd source: {source}. Allowed values are [none, distro, docker]"
+        )
+    os_id = run.os_id
+    if source == "docker" and os_id == "amzn":
+        raise CommandError(
+            "docker source for containerd is not supported on AL2023. "
+            "Please provide `none` or `distro` to the --containerd-source flag"
+        )
+    if source == "distro" and os_id == "rhel":
+        raise CommandError(
+            "distro source for containerd is not supported on RHEL. "
+            "Please provide `none` or `docker` to the --containerd-source flag"
+        )
+
+
+def _check_manifest_override(value: object) -> None:
+    if not value:
+        return
+    text = str(value)
+    if text.startswith("file://"):
+        path = text.removeprefix("file://")
+        if not Path(path).is_file():
+            raise CommandError(f"reading manifest override: open {path}: no such file or directory")
+    elif not text.startswith("https://"):
+        raise CommandError(f"unsupported manifest override scheme: {text}")
+
+
+def _check_region(region: str) -> None:
+    parts = region.split("-")
+    if len(parts) < 3 or not parts[-1].isdigit() or not all(p.isalpha() for p in parts[:-1]):
+        raise CommandError(f"region {region} not found in manifest")
+
+
+def _install_containerd(run: Run, clock: Clock, source: str, mode: str | None, hang: bool) -> None:
+    root = run.root
+    apt = layout.uses_apt(run.os_id)
+    package = "containerd.io" if source == "docker" else "containerd"
+    command = f"{'apt' if apt else 'yum'} install {package}"
+    failed = f"failed to install containerd: context deadline exceeded: running command [{command}]"
+    if hang:
+        run.hang(clock, "failed to install containerd")
+    present = under(root, "usr/bin/containerd").exists() and under(root, "usr/bin/runc").exists()
+    if source != "none" and not present:
+        try:
+            if mode == "stale_index" or _index_stale(run):
+                missing = "Unable to locate package" if apt else "No match for argument:"
+                while True:
+                    run.log.warn(
+                        "Command failed, retrying",
+                        command=command,
+                        error=f"exit status 100, output: E: {missing} {package}",
+                    )
+                    clock.sleep(run.knobs.delay, "retrying")
+            lock_retries = 3 if mode == "apt_lock" else 0
+            while apt and (lock_retries > 0 or layout.dpkg_lock_held(root)):
+                run.log.warn(
+                    "Command failed, retrying",
+                    command=command,
+                    error="exit status 100, output: E: Could not get lock "
+                    "/var/lib/dpkg/lock-frontend. It is held by process 2345 (unattended-upgr)",
+                )
+                clock.sleep(run.knobs.delay, "retrying")
+                lock_retries -= 1
+        except DeadlineExceeded:
+            raise DeadlineExceeded(failed) from None
+    clock.sleep(run.knobs.delay, "failed to install containerd")
+
+
+def _index_stale(run: Run) -> bool:
+    limit = run.knobs.stale_after_s
+    if limit is None:
+        return False
+    apt = layout.uses_apt(run.os_id)
+    directory = under(run.root, layout.APT_LISTS if apt else layout.DNF_CACHE)
+    mtimes = [
+        p.stat().st_mtime
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != "lock" and "partial" not in p.parts
+    ]
+    return not mtimes or time.time() - max(mtimes) > limit
+
+
+def _install_credential_process(run: Run, clock: Clock, provider: str) -> None:
+    if provider == "iam-ra":
+        run.step(clock, "Installing AWS signing helper...", "failed to install aws_signing_helper")
+        return
+    run.step(clock, "Installing SSM agent installer...", "failed to install ssm-setup-cli")
+    if run.knobs.version_tuple() < (1, 0, 19):
+        # The SSM installer's GPG key embedded in nodeadm <= v1.0.18 expired (issue #864).
+        raise CommandError(
+            "validating ssm-setup-cli signature: Signature Verification Error: No matching signature"
+        )
+
+
+def _install_eks_artifacts(run: Run, clock: Clock, mode: str | None, version: str) -> None:
+    if mode == "download":
+        raise CommandError(
+            "failed reading file from url: https://hybrid-assets.eks.amazonaws.com/releases/"
+            f"v{version}/bin/linux/amd64/kubelet: max retries achieved for http request"
+        )
+    run.log.info("Installing kubelet...")
+    if mode == "checksum":
+        raise CommandError(
+            "failed to install kubelet: checksum mismatch for kubelet: expected sha256 "
+            "3f9a1c0e7b2d4f6a8c0e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a, got "
+            "0b4e8d2a6c1f5e9b3d7a1c5f9e3b7d1a5c9f3e7b1d5a9c3f7e1b5d9a3c7f1e5b"
+        )
+    clock.sleep(run.knobs.delay, "failed to install kubelet")
+    run.step(clock, "Installing kubectl...", "failed to install kubectl")
+    run.step(clock, "Installing cni-plugins...", "failed to install cni-plugins")
+    run.step(
+        clock,
+        "Installing image credential provider...",
+        "failed to install image credential provider",
+    )
+    run.step(clock, "Installing IAM authenticator...", "failed to install aws-iam-authenticator")
+
+
+def init(run: Run) -> int:
+    run.log.component = "init/init.go"
+    _require_root(run)
+    if not run.inv.values.get("config-source"):
+        raise Usage(CONFIG_REQUIRED)
+    skip = run.inv.skip()
+    if "install-validation" not in skip:
+        if layout.read_tracker(run.root) is None:
+            run.log.info("Nodeadm components are not installed. Please run `nodeadm install` first")
+            return 0
+        if not any(p.exists() for p in layout.containerd_unit_paths(run.root)):
+            raise CommandError("containerd daemon not found")
+    if not under(run.root, "run/systemd/system").is_dir():
+        raise CommandError(
+            "failed to connect to systemd: dial unix /run/systemd/private: "
+            "connect: no such file or directory"
+        )
+    config = _load_config(run)
+    mode = run.knobs.failure("init")
+    clock = Clock(None)
+    _configure_node(run, clock, config, mode, skip, hang=run.knobs.hangs("init"))
+    return 0
+
+
+def _configure_node(
+    run: Run,
+    clock: Clock,
+    config: nodeconfig.NodeConfig,
+    mode: str | None,
+    skip: set[str],
+    *,
+    hang: bool = False,
+) -> None:
+    """Init's work after loading the config (also the tail of upgrade)."""
+    root = run.root
+    cluster = config.cluster
+    run.log.component = "hybrid/aws.go"
+    run.log.info("Configuring Aws...")
+    node_name = _configure_aws(run, clock, config, mode)
+    run.log.component = "hybrid/configenricher.go"
+    run.log.info("Enriching configuration...")
+    complete = all(cluster.get(k) for k in ("apiServerEndpoint", "certificateAuthority", "cidr"))
+    if mode == "access_denied" and not complete:
+        raise CommandError(
+            "operation error EKS: DescribeCluster, https response error StatusCode: 403, "
+            "RequestID: 4f1c2b3a-0d9e-4c8b-a7f6-e5d4c3b2a190, api error AccessDeniedException: "
+            f"User: arn:aws:sts::111122223333:assumed-role/AmazonEKSHybridNodesRole/{node_name} "
+            "is not authorized to perform: eks:DescribeCluster"
+        )
+    clock.sleep(run.knobs.delay, "enriching configuration")
+    if hang:
+        run.hang(clock, "waiting for kubelet")
+    run.log.component = "hybrid/validator.go"
+    _runtime_validations(run, config, skip)
+    run.log.component = "system/system.go"
+    run.log.info("Setting up system aspects...")
+    if nodeadm_files.partition_swap_present(root):
+        raise CommandError("partition type swap found on the host")
+    if "config" not in skip:
+        nodeadm_files.write_sysctl_and_modules(root)
+        nodeadm_files.turn_off_file_swap(root)
+    clock.sleep(run.knobs.delay, "setting up system aspects")
+    run.log.component = "containerd/config.go"
+    run.log.info("Configuring containerd...")
+    if "config" not in skip:
+        nodeadm_files.write_containerd_config(root, config, cluster["region"])
+    if "run" not in skip:
+        layout.set_unit(root, "containerd", "active")
+    clock.sleep(run.knobs.delay, "configuring containerd")
+    if mode == "generic":
+        raise CommandError(f"failed to pull sandbox image: context canceled {SIMULATED}")
+    run.log.component = "kubelet/config.go"
+    run.log.info("Configuring kubelet...")
+    if "config" not in skip:
+        nodeadm_files.write_kubelet_files(root, config, node_name, run.os_id)
+    clock.sleep(run.knobs.delay, "configuring kubelet")
+    if "run" not in skip:
+        run.log.info("Enabling kubelet...")
+        # kubelet_inactive: nodeadm is done and exits 0, but the unit never stays up.
+        state = "failed" if mode == "kubelet_inactive" else "active"
+        layout.set_unit(root, "kubelet", state)
+        if state == "active":
+            nodeadm_files.write_kubelet_certs(root, cluster["name"])
+    run.log.info("done!", nodeName=node_name)
+
+
+def _configure_aws(run: Run, clock: Clock, config: nodeconfig.NodeConfig, mode: str | None) -> str:
+    root = run.root
+    region = config.cluster["region"]
+    if config.provider == "iam-ra":
+        return nodeadm_files.write_iam_ra_profile(root, config)
+    if under(root, layout.SSM_REGISTRATION).exists():
+        run.log.info("Skipping SSM registration, machine already registered")
+    else:
+        run.log.info("Registering machine with SSM...")
+        clock.sleep(run.knobs.delay, "registering with SSM")
+        if mode == "ssm_activation_expired":
+            raise CommandError("SSM activation expired. Please use a valid activation")
+        if mode == "ssm_activation_invalid":
+            raise CommandError(
+                "invalid SSM activation. Please use a valid activation code, activation id and region"
+            )
+    node_name, _ = nodeadm_files.register_ssm(root, region)
+    layout.set_unit(root, nodeadm_files.ssm_agent_unit(run.os_id), "active")
+    nodeadm_files.write_ssm_credentials(root)
+    return node_name
+
+
+def _runtime_validations(run: Run, config: nodeconfig.NodeConfig, skip: set[str]) -> None:
+    node_ip = config.flag_value("node-ip")
+    cidrs = run.knobs.remote_node_cidrs
+    if "node-ip-validation" not in skip and node_ip and cidrs is not None:
+        run.log.info("Validating node IP", nodeIP=node_ip)
+        if not any(ipaddress.IPv4Address(node_ip) in net for net in cidrs):
+            listed = " ".join(str(c) for c in cidrs)
+            raise CommandError(
+                f"node IP {node_ip} is not in any of the remote network CIDR blocks [{listed}]"
+            )
+    name = config.cluster["name"]
+    if "kubelet-cert-validation" not in skip and nodeadm_files.stale_serving_cert(run.root, name):
+        raise CommandError(
+            "validating kubelet certificate: x509: certificate signed by unknown authority; "
+            f"remove /{nodeadm_files.SERVING_CERT} or use --skip kubelet-cert-validation"
+        )
+
+
+def upgrade(run: Run) -> int:
+    run.log.component = "upgrade/upgrade.go"
+    _require_root(run)
+    if not run.inv.values.get("config-source"):
+        raise Usage(CONFIG_REQUIRED)
+    tracker = layout.read_tracker(run.root)
+    if tracker is None:
+        run.log.info("Nodeadm components are not installed. Please run `nodeadm install` first")
+        return 0
+    clock = _timeout(run, "20m")
+    config = _load_config(run)
+    installed = "ssm" if tracker.get("Ssm") else "iam-ra"
+    if installed != config.provider:
+        raise CommandError(
+            "upgrade does not support changing credential providers. "
+            "Please uninstall and install with new credential provider"
+        )
+    run.log.info("Validating Kubernetes version", version=run.inv.positionals[0])
+    version = resolve_version(run.inv.positionals[0], run.knobs.supported)
+    run.log.info("Using Kubernetes version", version=version)
+    mode = run.knobs.failure("upgrade")
+    skip = run.inv.skip()
+    _drain_validations(run, mode, skip)
+    run.log.component = "flows/upgrade.go"
+    run.step(clock, "Upgrading containerd...", "upgrading containerd")
+    if run.knobs.hangs("upgrade"):
+        run.hang(clock, "upgrading containerd")
+    cred = "SSM agent" if installed == "ssm" else "AWS signing helper"
+    run.step(clock, f"Upgrading {cred}...", f"upgrading {cred}")
+    if mode == "generic":
+        raise CommandError(f"upgrading kubelet: exit status 1 {SIMULATED}")
+    _install_eks_artifacts(run, clock, mode, version)
+    layout.write_kubernetes_binaries(run.root, version)
+    _configure_node(run, clock, config, None, skip)
+    return 0
+
+
+def _drain_validations(run: Run, mode: str | None, skip: set[str]) -> None:
+    """nodeadm refuses to upgrade or uninstall a running node that is not cordoned and drained."""
+    if mode != "not_drained" or layout.unit_state(run.root, "kubelet") != "active":
+        return
+    if "node-validation" not in skip:
+        raise CommandError(
+            "node is not cordoned. Please cordon and drain the node, "
+            "or use --skip node-validation,pod-validation"
+        )
+    if "pod-validation" not in skip:
+        raise CommandError(
+            "pod validation failed: pods other than static pods and DaemonSet pods are "
+            "running on the node: [default/web-7c9d8f6b5d-x2k4p]"
+        )
+
+
+def uninstall(run: Run) -> int:
+    run.log.component = "uninstall/uninstall.go"
+    _require_root(run)
+    tracker = layout.read_tracker(run.root)
+    if tracker is None:
+        run.log.info("Node components are already uninstalled")
+        return 0
+    mode = run.knobs.failure("uninstall")
+    skip = run.inv.skip()
+    _drain_validations(run, mode, skip)
+    clock = Clock(None)
+    run.log.component = "flows/uninstall.go"
+    run.step(clock, "Stopping kubelet...", "stopping kubelet")
+    layout.set_unit(run.root, "kubelet", "inactive")
+    if run.knobs.hangs("uninstall"):
+        run.hang(clock, "stopping containerd")
+    if mode == "generic":
+        raise CommandError(f"failed to uninstall containerd: exit status 100 {SIMULATED}")
+    if tracker.get("Ssm"):
+        run.step(clock, "Deregistering SSM managed instance...", "deregistering")
+        layout.set_unit(run.root, nodeadm_files.ssm_agent_unit(run.os_id), "inactive")
+    if tracker.get("Containerd") in ("distro", "docker"):
+        run.step(clock, "Uninstalling containerd...", "uninstalling containerd")
+        layout.set_unit(run.root, "containerd", "inactive")
+    run.step(clock, "Removing node components...", "removing components")
+    keep = nodeadm_files.mount_points(run.root)
+    for path in nodeadm_files.uninstall_paths(tracker, force=bool(run.inv.values.get("force"))):
+        nodeadm_files.remove(run.root, path, keep)
+    run.log.info("Finished uninstallation")
+    return 0
+
+
+def config_check(run: Run) -> int:
+    run.log.component = "config/check.go"
+    _load_config(run)
+    if run.knobs.failure("config"):
+        raise CommandError(f"configuration check failed {SIMULATED}")
+    run.log.info("Configuration is valid")
+    return 0
+
+
+def sync_artifacts(run: Run) -> int:
+    run.log.component = "syncartifacts/sync.go"
+    values = run.inv.values
+    if not values.get("s3-bucket") or not values.get("s3-prefix"):
+        raise Usage("--s3-bucket and --s3-prefix are required flags")
+    clock = _timeout(run, "30m")
+    version = resolve_version(run.inv.positionals[0], run.knobs.supported)
+    run.step(clock, "Syncing artifacts to S3...", "syncing artifacts")
+    run.log.info("Artifacts synced", version=version, bucket=values["s3-bucket"])
+    return 0
+
+
+def debug(run: Run) -> int:
+    """Print nodeadm debug's checklist on stdout; failures are silent errors (exit 1)."""
+    run.log.component = "debug/debug.go"
+    config = _load_config(run, validate=False)
+    clock = Clock(None)
+    if run.knobs.hangs("debug"):
+        run.hang(clock, "validating")
+    failed = checklist(run.root, config, run.knobs, no_color=bool(run.inv.values.get("no-color")))
+    if failed:
+        raise SilentFailure
+    return 0
