@@ -236,7 +236,9 @@ class Agent(AgentWork):
             async with asyncio.TaskGroup() as tg:
                 self._loop(tg, "lifecycle", self.driver.run(), 30)
                 if self.link is not None:
-                    tg.create_task(self.link.run(), name="mqtt")
+                    # The link stamps while connected and while backing off, so an outage of
+                    # the broker never looks like a stuck loop to the watchdog.
+                    self._loop(tg, "mqtt", self.link.run(), max(120.0, 4.0 * cfg.mqtt.keepalive_s))
                 if self.controller is not None:
                     tg.create_task(self.controller_loop(), name="controller")
                 interval = cfg.mqtt.health_interval_s if cfg.mqtt else 30.0

@@ -1,0 +1,529 @@
+"""The controller client (contract §2): register, poll the assignment, upload diagnostics.
+
+This is the only module that imports httpx; its errors are translated here, once, into
+`ControllerError` carrying a status ``last_error`` code. Registration retries forever: 429,
+5xx and transport failures with capped exponential backoff and full jitter (honouring
+``Retry-After``); refusals (400, 401/403, 409, a rejected client certificate) slowly, near
+the cap, since only an operator can fix them. The registration token file is re-read on
+every try and the TLS files are reloaded when they change, so rotated secrets need no
+restart (contract §9). The host token is kept in ``state_dir/host_token`` (0600). Secrets
+never reach a log line or an error message: every message leaving here is scrubbed of the
+registration token and the host token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import random
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol
+from urllib.parse import quote
+
+import httpx
+
+from agent import __version__
+from agent.core.backoff import Backoff
+from agent.core.config import ControllerConfig
+from agent.state.atomic import write_bytes
+
+__all__ = ["AssignmentFetch", "ControllerClient", "ControllerError", "Reauth", "Registration"]
+
+REGISTER_PATH = "/v1/hosts/register"
+HOST_TOKEN_FILE = "host_token"
+MAX_RESPONSE_BYTES = 1024 * 1024
+UPLOAD_ATTEMPTS = 3
+# TLS alerts a server sends about *our* certificate. Under TLS 1.3 they arrive after the
+# client's handshake has finished, as a raw ssl.SSLError on the first read that httpx does
+# not wrap (notes/python-stack.md §6). They are refusals, not transient faults.
+_CLIENT_CERT_ALERT = re.compile(
+    r"ALERT_(CERTIFICATE_\w+|BAD_CERTIFICATE|UNKNOWN_CA|ACCESS_DENIED)$"
+)
+# ... or, as often, lost in a connection reset: then `_probe_client_cert` asks again.
+_DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, ConnectionError)
+
+
+class Log(Protocol):
+    """The structured logger this module needs (a structlog BoundLogger fits)."""
+
+    def info(self, event: str, *args: Any, **kw: Any) -> Any: ...
+    def warning(self, event: str, *args: Any, **kw: Any) -> Any: ...
+
+
+class ControllerError(Exception):
+    """A failed exchange with the controller, carrying the status ``last_error.code``.
+
+    `slow`: wait near the backoff cap, since only an operator can fix it. `retry_after`: the
+    server's ``Retry-After`` in seconds, when it sent one.
+    """
+
+    def __init__(
+        self, code: str, message: str, *, slow: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.slow, self.retry_after = code, message, slow, retry_after
+
+
+class Reauth(ControllerError):
+    """The host token was refused (401) or is missing: register again, then retry."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("registration_refused", message)
+
+
+@dataclass(frozen=True)
+class Registration:
+    uid: str
+    host_token: str
+    assignment: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class AssignmentFetch:
+    """One poll's outcome; `registration` is set when the poll had to register again."""
+
+    status: Literal["changed", "unchanged", "none"]
+    body: dict[str, Any] | None
+    etag: str | None
+    registration: Registration | None = None
+
+
+class _Reply(NamedTuple):
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+
+class ControllerClient:
+    """Talks to one controller on behalf of one host; see the module docstring.
+
+    `on_error(code, message)` is called for every failed exchange (each registration try,
+    poll and upload attempt); `on_recovered()` after every successful registration and after
+    the first successful poll or upload following a failure, so the caller can clear a
+    controller ``last_error``.
+    """
+
+    def __init__(
+        self,
+        cfg: ControllerConfig,
+        state_dir: Path,
+        *,
+        log: Log,
+        rng: random.Random,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_error: Callable[[str, str], None] | None = None,
+        on_recovered: Callable[[], None] | None = None,
+        uid: str | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._token_path = state_dir / HOST_TOKEN_FILE
+        self._log = log
+        self._rng = rng
+        self._sleep = sleep
+        self._on_error = on_error
+        self._on_recovered = on_recovered
+        self._uid = uid
+        self._backoff = Backoff(base=1.0, cap=cfg.max_backoff_s, rng=rng)
+        self._failing = False
+        self._secrets: set[str] = set()
+        self._reauth_lock = asyncio.Lock()
+        self._host_token = self._load_host_token()
+        self._http: httpx.AsyncClient | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._tls_stamp: list[tuple[int, int, int]] = []
+        # httpx logs every request at INFO through stdlib logging; the agent logs its own.
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    @property
+    def insecure(self) -> bool:
+        """Plain ``http://``: accepted for laboratories; the caller warns at every start."""
+        return self._cfg.url.startswith("http://")
+
+    @property
+    def host_token(self) -> str | None:
+        return self._host_token
+
+    @property
+    def uid(self) -> str | None:
+        return self._uid
+
+    async def aclose(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+
+    # -- registration ----------------------------------------------------------------------
+
+    async def register(self, body: dict[str, Any]) -> Registration:
+        """POST the registration until the controller accepts it; never gives up."""
+        while True:
+            try:
+                reg, bad_assignment = await self._register_once(body)
+            except ControllerError as e:
+                self._failed(e, "controller.register_failed")
+                await self._sleep(self._delay(e))
+                continue
+            self._backoff.reset()
+            self._failing = False
+            self._log.info("controller.registered", uid=reg.uid, assignment=bool(reg.assignment))
+            if self._on_recovered is not None:
+                self._on_recovered()
+            if bad_assignment:
+                # The host token is good, so the registration stands; the next poll refetches.
+                self._report("bad_assignment", "the registration's assignment is not an object")
+            return reg
+
+    async def _register_once(self, body: dict[str, Any]) -> tuple[Registration, bool]:
+        token = self._registration_token()
+        reply = await self._exchange("POST", REGISTER_PATH, token, json=body)
+        if reply.status_code != 200:
+            raise self._status_error(reply, "POST", REGISTER_PATH, register=True)
+        doc = _json_object(reply.content) or {}
+        host_token, uid = doc.get("host_token"), doc.get("uid", body.get("uid"))
+        if not isinstance(host_token, str) or not host_token.strip() or not isinstance(uid, str):
+            msg = "the controller answered 200 without a uid and a host_token"
+            raise ControllerError("registration_failed", msg, slow=True)
+        host_token = host_token.strip()
+        self._secrets.add(host_token)
+        if host_token != self._host_token:
+            write_bytes(self._token_path, host_token.encode(), mode=0o600)
+            self._host_token = host_token
+        self._uid = uid
+        assignment = doc.get("assignment")
+        good = assignment if isinstance(assignment, dict) else None
+        return Registration(uid, host_token, good), assignment is not None and good is None
+
+    def _registration_token(self) -> str:
+        path = self._cfg.registration_token_file
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            msg = f"cannot read the registration token file {path}: {e}"
+            raise ControllerError("registration_refused", msg, slow=True) from e
+        if not token:
+            msg = f"the registration token file {path} is empty"
+            raise ControllerError("registration_refused", msg, slow=True)
+        self._secrets.add(token)
+        return token
+
+    # -- assignment ------------------------------------------------------------------------
+
+    async def fetch_assignment(self, etag: str | None) -> AssignmentFetch:
+        """One GET of the assignment; `Reauth` on 401, `ControllerError` on other failures."""
+        try:
+            result = await self._fetch_once(etag)
+        except Reauth:
+            raise
+        except ControllerError as e:
+            self._failed(e, "controller.assignment_failed")
+            raise
+        self._succeeded()
+        return result
+
+    async def poll_assignment(
+        self, register_body_factory: Callable[[], dict[str, Any]], etag: str | None
+    ) -> AssignmentFetch:
+        """`fetch_assignment`, registering again (once) when the host token is refused.
+
+        Registering blocks until it succeeds (with backoff, reporting each failure); the
+        caller keeps working from its persisted assignment meanwhile.
+        """
+        if self._host_token is None or self._uid is None:
+            reg = await self._reregister(register_body_factory, None, "no host token yet")
+        else:
+            refused = self._host_token
+            try:
+                return await self.fetch_assignment(etag)
+            except Reauth as e:
+                reason = e.message
+            reg = await self._reregister(register_body_factory, refused, reason)
+        try:
+            # A new registration starts afresh: fetch in full, not against the old ETag.
+            fetch = await self.fetch_assignment(None)
+        except Reauth as e:
+            # Refused right after registering: report it, and let the next poll try again
+            # rather than loop here.
+            self._failed(e, "controller.assignment_failed")
+            raise
+        return dataclasses.replace(fetch, registration=reg)
+
+    async def _reregister(
+        self, factory: Callable[[], dict[str, Any]], refused: str | None, reason: str
+    ) -> Registration | None:
+        # The poll loop and a sync-assignment command may both meet the 401: register once.
+        async with self._reauth_lock:
+            if refused is not None and self._host_token != refused:
+                return None
+            self._log.info("controller.reregistering", reason=self._scrub(reason))
+            return await self.register(factory())
+
+    async def _fetch_once(self, etag: str | None) -> AssignmentFetch:
+        token, uid = self._host_token, self._uid
+        if token is None or uid is None:
+            raise Reauth("no host token yet: register first")
+        path = f"/v1/hosts/{quote(uid, safe='')}/assignment"
+        extra = {"If-None-Match": etag} if etag else {}
+        reply = await self._exchange("GET", path, token, headers=extra)
+        new_etag = reply.headers.get("ETag")
+        if reply.status_code == 200:
+            doc = _json_object(reply.content)
+            if doc is None:
+                raise ControllerError("bad_assignment", "the assignment is not a JSON object")
+            return AssignmentFetch("changed", doc, new_etag)
+        if reply.status_code == 204:
+            return AssignmentFetch("none", None, None)
+        if reply.status_code == 304:
+            return AssignmentFetch("unchanged", None, new_etag or etag)
+        raise self._status_error(reply, "GET", path)
+
+    # -- diagnostics -----------------------------------------------------------------------
+
+    async def upload_diagnostics(self, bundle_id: str, data: bytes) -> None:
+        """PUT a tar.gz bundle; up to `UPLOAD_ATTEMPTS` tries on transient failures."""
+        token, uid = self._host_token, self._uid
+        if token is None or uid is None:
+            raise Reauth("no host token yet: register first")
+        path = f"/v1/hosts/{quote(uid, safe='')}/diagnostics/{quote(bundle_id, safe='')}"
+        # Per-step timeouts bound a stall; the total deadline allows 64 KiB/s on top.
+        deadline = 3 * self._cfg.timeout_s + len(data) / 65536
+        backoff = Backoff(base=1.0, cap=min(30.0, self._cfg.max_backoff_s), rng=self._rng)
+        ctype = {"Content-Type": "application/gzip"}
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            try:
+                reply = await self._exchange(
+                    "PUT", path, token, headers=ctype, content=data, deadline=deadline
+                )
+                if not 200 <= reply.status_code < 300:
+                    raise self._status_error(reply, "PUT", path)
+            except Reauth:
+                raise  # not an error to report: the next poll registers again
+            except ControllerError as e:
+                self._failed(e, "controller.upload_failed", attempt=attempt)
+                if e.code != "controller_unreachable" or attempt == UPLOAD_ATTEMPTS:
+                    raise
+                await self._sleep(backoff.next_delay(e.retry_after))
+                continue
+            self._succeeded()
+            self._log.info("controller.uploaded", bundle_id=bundle_id, bytes=len(data))
+            return
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _exchange(
+        self, method: str, path: str, token: str, *, deadline: float | None = None, **kw: Any
+    ) -> _Reply:
+        http = await self._client()
+        deadline = deadline or 3 * self._cfg.timeout_s  # connect + send + read, each bounded
+        kw["headers"] = {"Authorization": f"Bearer {token}", **kw.get("headers", {})}
+        try:
+            async with asyncio.timeout(deadline), http.stream(method, path, **kw) as reply:
+                body = b""
+                async for chunk in reply.aiter_bytes():
+                    body += chunk
+                    # A few KiB are expected; never buffer a broken controller's endless stream.
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise ControllerError("controller_unreachable", f"{path}: reply too large")
+        # ssl.SSLError (raw, when our client certificate is refused) and asyncio.timeout's
+        # TimeoutError are both OSErrors.
+        except (httpx.HTTPError, OSError) as e:
+            tls = _find_ssl_error(e)
+            if tls is None and self._tls is not None and isinstance(e, _DROPPED):
+                tls = await self._probe_client_cert(self._tls)
+            raise self._transport_error(e, tls, f"{method} {self._cfg.url}{path}", deadline) from e
+        return _Reply(reply.status_code, reply.headers, body)
+
+    async def _probe_client_cert(self, context: ssl.SSLContext) -> ssl.SSLError | None:
+        """Ask on a quiet connection whether the server refuses our client certificate.
+
+        A TLS 1.3 server judges the client certificate after the client has finished its
+        handshake and sent the request; closing on unread data resets the connection, and
+        the alert saying why is often lost (60% of the time here). On a connection that
+        sends nothing the alert arrives intact, while a server that accepts us just waits.
+        """
+        url = httpx.URL(self._cfg.url)
+        try:
+            async with asyncio.timeout(min(2.0, self._cfg.timeout_s)):
+                reader, writer = await asyncio.open_connection(
+                    url.host, url.port or 443, ssl=context
+                )
+                try:
+                    await reader.read(1)
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except ssl.SSLError as e:
+            return e
+        except OSError:  # TimeoutError too: the server kept the connection, so not refused
+            return None
+        return None
+
+    def _transport_error(
+        self, exc: BaseException, tls: ssl.SSLError | None, where: str, deadline: float
+    ) -> ControllerError:
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            detail = f"certificate verify failed: {tls.verify_message or tls.reason}"
+            msg = f"TLS verification of the controller failed on {where}: {detail}"
+            return ControllerError("controller_unreachable", msg)
+        if tls is not None and _CLIENT_CERT_ALERT.search(str(tls.reason)):
+            msg = f"the controller refused our TLS client certificate ({tls.reason}) on {where}"
+            return ControllerError("registration_refused", msg, slow=True)
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            msg = f"{where} timed out ({type(exc).__name__}, limit {deadline:g}s)"
+            return ControllerError("controller_unreachable", msg)
+        msg = f"{where} failed: {type(exc).__name__}: {exc}".rstrip(": ")
+        return ControllerError("controller_unreachable", self._scrub(msg))
+
+    def _status_error(
+        self, reply: _Reply, method: str, path: str, *, register: bool = False
+    ) -> ControllerError:
+        status = reply.status_code
+        msg = self._scrub(f"HTTP {status} from {method} {path}{_detail(reply.content)}")
+        if status in (408, 429) or status >= 500:
+            retry_after = _retry_after(reply.headers.get("Retry-After"), time.time())
+            return ControllerError("controller_unreachable", msg, retry_after=retry_after)
+        if status == 401 and not register:
+            return Reauth(f"host token refused: {msg}")
+        if status in (401, 403):
+            return ControllerError("registration_refused", msg, slow=True)
+        if register:
+            code = "uid_conflict" if status == 409 else "registration_failed"
+            return ControllerError(code, msg, slow=True)
+        return ControllerError("controller_unreachable", msg)
+
+    def _delay(self, e: ControllerError) -> float:
+        if e.slow:
+            # Half to all of the cap: jittered so a fleet refused together does not return
+            # together, and never near zero, since an operator has to act first.
+            cap = self._cfg.max_backoff_s
+            return max(min(e.retry_after or 0.0, cap), cap * self._rng.uniform(0.5, 1.0))
+        return self._backoff.next_delay(e.retry_after)
+
+    def _failed(self, e: ControllerError, event: str, **kw: Any) -> None:
+        self._failing = True
+        self._log.warning(event, code=e.code, error=self._scrub(e.message), **kw)
+        self._report(e.code, e.message)
+
+    def _succeeded(self) -> None:
+        if self._failing:
+            self._failing = False
+            if self._on_recovered is not None:
+                self._on_recovered()
+
+    def _report(self, code: str, message: str) -> None:
+        if self._on_error is not None:
+            self._on_error(code, self._scrub(message))
+
+    def _scrub(self, text: str) -> str:
+        # A controller or a proxy may echo the Authorization header in an error body.
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "<redacted>")
+        return text
+
+    async def _client(self) -> httpx.AsyncClient:
+        """The one AsyncClient, rebuilt only when a TLS file changed (a rotated cert)."""
+        cfg = self._cfg
+        files = [] if self.insecure else [cfg.ca_file, cfg.client_cert_file, cfg.client_key_file]
+        stamp = [_stamp(f) for f in files if f is not None]
+        if self._http is not None and stamp == self._tls_stamp:
+            return self._http
+        verify = self._tls = self._ssl_context()
+        if self._http is not None:
+            self._log.info("controller.tls_reloaded")
+            await self._http.aclose()
+        # Built once (~45 ms), with an SSLContext as `verify`: 0.28 deprecates `cert=`.
+        self._http = httpx.AsyncClient(
+            base_url=cfg.url,
+            verify=verify or False,
+            timeout=httpx.Timeout(cfg.timeout_s),
+            headers={"User-Agent": f"edge-agent/{__version__}"},
+            follow_redirects=False,
+        )
+        self._tls_stamp = stamp
+        return self._http
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cfg = self._cfg
+        if self.insecure:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=cfg.ca_file)
+            if cfg.client_cert_file is not None:
+                context.load_cert_chain(cfg.client_cert_file, cfg.client_key_file)
+        except (OSError, ValueError) as e:
+            msg = f"cannot load the controller TLS files: {e}"
+            raise ControllerError("registration_failed", msg, slow=True) from e
+        return context
+
+    def _load_host_token(self) -> str | None:
+        try:
+            token = self._token_path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            self._log.warning("controller.host_token_unreadable", error=str(e))
+            return None
+        if token:
+            self._secrets.add(token)
+        return token or None
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _detail(raw: bytes) -> str:
+    """A short, printable excerpt of an error body: its "error"/"message" field if JSON."""
+    doc = _json_object(raw)
+    if doc is not None:
+        text = next((v for k in ("error", "message") if isinstance(v := doc.get(k), str)), "")
+    else:
+        text = raw[:200].decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else " " for c in text).strip()[:200]
+    return f": {text}" if text else ""
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now) if when.tzinfo is not None else None
+
+
+def _find_ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
+    """The ssl.SSLError behind an httpx/httpcore error, following the cause chain."""
+    for _ in range(10):  # chains are short; the bound guards against a cycle
+        if exc is None or isinstance(exc, ssl.SSLError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
