@@ -32,8 +32,12 @@ make_venv() {
   local stamp="$VENV/.installed-$extra"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "== installing edge-agent[$extra] into $VENV"
-    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q -e ".[$extra]"
+    local log="$VENV/pip-install.log"
+    if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[$extra]"; } >"$log" 2>&1; then
+      tail -20 "$log" >&2
+      echo "pip install failed; full log in $log" >&2
+      exit 1
+    fi
     touch "$stamp"
   fi
 }

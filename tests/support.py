@@ -27,14 +27,25 @@ ACTIVATION_CODE = "SECRETactivationCode0042"
 def assignment(**over: Any) -> dict[str, Any]:
     a: dict[str, Any] = {
         "revision": 1,
-        "cluster": {"name": "acc-cluster", "region": "eu-west-1", "vpc_cidr": "10.100.0.0/16",
-                    "service_cidr": "172.20.0.0/16", "kubernetes_version": "1.31"},
+        "cluster": {
+            "name": "acc-cluster",
+            "region": "eu-west-1",
+            "vpc_cidr": "10.100.0.0/16",
+            "service_cidr": "172.20.0.0/16",
+            "kubernetes_version": "1.31",
+        },
         "kubernetes_version": "1.31",
         "credential_provider": "ssm",
-        "ssm": {"activation_id": "0a1b2c3d-1111-2222-3333-444455556666",
-                "activation_code": ACTIVATION_CODE},
-        "network": {"remote_node_cidrs": ["10.200.0.0/16"], "remote_pod_cidrs": ["192.168.0.0/16"],
-                    "vpn_server_ip": "172.16.0.1", "node_ip": "10.200.1.5"},
+        "ssm": {
+            "activation_id": "0a1b2c3d-1111-2222-3333-444455556666",
+            "activation_code": ACTIVATION_CODE,
+        },
+        "network": {
+            "remote_node_cidrs": ["10.200.0.0/16"],
+            "remote_pod_cidrs": ["192.168.0.0/16"],
+            "vpn_server_ip": "172.16.0.1",
+            "node_ip": "10.200.1.5",
+        },
         "kubelet": {"node_labels": {"site": "acc"}},
     }
     a.update(over)
@@ -44,9 +55,16 @@ def assignment(**over: Any) -> dict[str, Any]:
 class HostEnv:
     """One host: tree under ``tmp/host``, fake programs, state dir, config; the agent process."""
 
-    def __init__(self, tmp: Path, *, uid: str = "edge-test-1", nodeadm_env: dict[str, str] | None = None,
-                 config: dict[str, Any] | None = None, host: dict[str, Any] | None = None,
-                 local_assignment: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        uid: str = "edge-test-1",
+        nodeadm_env: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
+        host: dict[str, Any] | None = None,
+        local_assignment: dict[str, Any] | None = None,
+    ) -> None:
         self.tmp = tmp
         self.uid = uid
         self.root = tmp / "host"
@@ -62,8 +80,14 @@ class HostEnv:
             "log": {"level": "info", "format": "json"},
             "checks": {"min_free_disk_gb": 0},
             "join": {"retry_backoff_s": 1},
-            "nodeadm": {"config_path": str(tmp / "etc" / "nodeconfig.yaml"), "systemd_run": "never"},
-            "health": {"kubelet_healthz_url": "http://127.0.0.1:9/healthz", "degraded_after_s": 3600},
+            "nodeadm": {
+                "config_path": str(tmp / "etc" / "nodeconfig.yaml"),
+                "systemd_run": "never",
+            },
+            "health": {
+                "kubelet_healthz_url": "http://127.0.0.1:9/healthz",
+                "degraded_after_s": 3600,
+            },
             "programs": self.programs,
         }
         if local_assignment is not None:
@@ -90,7 +114,12 @@ class HostEnv:
         out = self.out_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "-c", str(self.config_path)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT)
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=ROOT,
+        )
         out.close()
         return self.proc
 
@@ -128,9 +157,14 @@ class HostEnv:
 
     # ---- observations -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        r = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(self.config_path),
-                            "--json"], capture_output=True, text=True, timeout=30, cwd=ROOT,
-                           check=False)
+        r = subprocess.run(
+            [sys.executable, "-m", "agent", "status", "-c", str(self.config_path), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+            check=False,
+        )
         try:
             return dict(json.loads(r.stdout))
         except ValueError:
@@ -151,8 +185,9 @@ class HostEnv:
             if self.proc is not None and self.proc.poll() is not None:
                 break
             time.sleep(0.2)
-        raise AssertionError(f"phase {phase!r} not reached; last status {st}; "
-                             f"output tail:\n{self.output()[-3000:]}")
+        raise AssertionError(
+            f"phase {phase!r} not reached; last status {st}; output tail:\n{self.output()[-3000:]}"
+        )
 
     def nodeadm_calls(self, sub: str | None = None) -> list[list[str]]:
         calls = [c["argv"] for c in layout.calls(self.root, "nodeadm")]

@@ -41,12 +41,29 @@ def test_defaults_match_the_contract() -> None:
 @pytest.mark.parametrize(
     ("doc", "key", "words"),
     [
-        ({**LOCAL, "mqtt": {"url": "http://b"}, "commands": {"allow_unsigned": True}}, "mqtt.url",
-         "must be mqtt:// or mqtts://"),
-        ({**LOCAL, "mqtt": {"url": "mqtt://b", "keepalive_s": -1},
-          "commands": {"allow_unsigned": True}}, "mqtt.keepalive_s", "greater than 0"),
-        ({**LOCAL, "mqtt": {"url": "mqtt://b", "protocol": 5},
-          "commands": {"allow_unsigned": True}}, "mqtt.protocol", "quote it"),
+        (
+            {**LOCAL, "mqtt": {"url": "http://b"}, "commands": {"allow_unsigned": True}},
+            "mqtt.url",
+            "must be mqtt:// or mqtts://",
+        ),
+        (
+            {
+                **LOCAL,
+                "mqtt": {"url": "mqtt://b", "keepalive_s": -1},
+                "commands": {"allow_unsigned": True},
+            },
+            "mqtt.keepalive_s",
+            "greater than 0",
+        ),
+        (
+            {
+                **LOCAL,
+                "mqtt": {"url": "mqtt://b", "protocol": 5},
+                "commands": {"allow_unsigned": True},
+            },
+            "mqtt.protocol",
+            "quote it",
+        ),
         ({**LOCAL, "mqtt": {"url": "mqtt://b"}}, "commands.public_key_file", "required"),
         ({**LOCAL, "host": {"mode": "kiosk"}}, "host.mode", "one of agent, appliance"),
         ({**LOCAL, "host": {"rooot": "/"}}, "host.rooot", "unknown key"),
@@ -54,10 +71,16 @@ def test_defaults_match_the_contract() -> None:
         ({**LOCAL, "join": {"auto": "yes"}}, "join.auto", "true or false"),
         ({**LOCAL, "log": {"level": "loud"}}, "log.level", "one of"),
         ({**LOCAL, "checks": {"min_free_disk_gb": -5}}, "checks.min_free_disk_gb", "at least 0"),
-        ({**LOCAL, "kubernetes": {"supported_versions": [1.3]}}, "kubernetes.supported_versions",
-         "list of strings"),
-        ({"controller": {"url": "ftp://x", "registration_token_file": "/t"}}, "controller.url",
-         "http"),
+        (
+            {**LOCAL, "kubernetes": {"supported_versions": [1.3]}},
+            "kubernetes.supported_versions",
+            "list of strings",
+        ),
+        (
+            {"controller": {"url": "ftp://x", "registration_token_file": "/t"}},
+            "controller.url",
+            "http",
+        ),
         ({"controller": {"url": "https://x"}}, "controller.registration_token_file", "required"),
         ({}, "controller", "assignment_file"),
     ],
@@ -77,12 +100,20 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_single_keys_with_yaml_types() -> None:
-    env = {"EDGE_AGENT__STATE_DIR": "/srv/ea", "EDGE_AGENT__JOIN__AUTO": "false",
-           "EDGE_AGENT__MQTT__URL": "mqtt://broker:1884", "EDGE_AGENT__COMMANDS__ALLOW_UNSIGNED": "true",
-           "UNRELATED": "x"}
+    env = {
+        "EDGE_AGENT__STATE_DIR": "/srv/ea",
+        "EDGE_AGENT__JOIN__AUTO": "false",
+        "EDGE_AGENT__MQTT__URL": "mqtt://broker:1884",
+        "EDGE_AGENT__COMMANDS__ALLOW_UNSIGNED": "true",
+        "UNRELATED": "x",
+    }
     cfg = parse(LOCAL, env)
     assert cfg.state_dir == Path("/srv/ea") and cfg.join.auto is False
-    assert cfg.mqtt is not None and (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.tls) == ("broker", 1884, False)
+    assert cfg.mqtt is not None and (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.tls) == (
+        "broker",
+        1884,
+        False,
+    )
     with pytest.raises(ConfigError) as e:
         parse(LOCAL, {"EDGE_AGENT__JOIN__AUTOJOIN": "1"})
     assert e.value.key == "join.autojoin"
@@ -92,14 +123,33 @@ def test_example_config_holds_every_key_and_parses() -> None:
     doc = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     cfg = parse(doc)
     assert cfg.controller is not None and cfg.mqtt is not None and cfg.mqtt.tls
-    for section in ("host", "log", "controller", "mqtt", "commands", "checks", "kubernetes",
-                    "diagnostics", "network", "nodeadm", "join", "health", "programs"):
+    for section in (
+        "host",
+        "log",
+        "controller",
+        "mqtt",
+        "commands",
+        "checks",
+        "kubernetes",
+        "diagnostics",
+        "network",
+        "nodeadm",
+        "join",
+        "health",
+        "programs",
+    ):
         assert section in doc, section
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_cli_exit_78_names_the_key_and_1_for_a_missing_file(tmp_path: Path) -> None:

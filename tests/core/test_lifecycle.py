@@ -16,8 +16,10 @@ BASE: dict[str, Any] = {
     "cluster": {"name": "c1", "region": "us-west-2", "vpc_cidr": "10.100.0.0/16"},
     "kubernetes_version": "1.31",
     "credential_provider": "ssm",
-    "ssm": {"activation_id": "0a1b2c3d-1111-2222-3333-444455556666",
-            "activation_code": "EXAMPLEactivationCode01"},
+    "ssm": {
+        "activation_id": "0a1b2c3d-1111-2222-3333-444455556666",
+        "activation_code": "EXAMPLEactivationCode01",
+    },
     "network": {"remote_node_cidrs": ["10.200.0.0/16"]},
 }
 P = lc.Policy(retry_backoff_s=60, retry_cap_s=1800, degraded_after_s=120)
@@ -35,8 +37,13 @@ def asg(**changes: Any) -> Any:
 
 def joined(version: str = "1.31") -> lc.State:
     a = asg(kubernetes_version=version)
-    return lc.State(phase=lc.Phase.JOINED, assignment=a, installed_version=version,
-                    joined_identity=a.identity(), node_name="mi-0123456789abcdef0")
+    return lc.State(
+        phase=lc.Phase.JOINED,
+        assignment=a,
+        installed_version=version,
+        joined_identity=a.identity(),
+        node_name="mi-0123456789abcdef0",
+    )
 
 
 def run(s: lc.State, *events: lc.Event, now: float = 1000.0, p: lc.Policy = P):
@@ -48,8 +55,11 @@ def run(s: lc.State, *events: lc.Event, now: float = 1000.0, p: lc.Policy = P):
 
 
 def steps(actions: list[lc.Action]) -> list[str]:
-    return [a.step if isinstance(a, lc.RunStep) else type(a).__name__ for a in actions
-            if not isinstance(a, lc.Note)]
+    return [
+        a.step if isinstance(a, lc.RunStep) else type(a).__name__
+        for a in actions
+        if not isinstance(a, lc.Note)
+    ]
 
 
 def test_fresh_host_walks_every_phase_to_joined() -> None:
@@ -76,13 +86,19 @@ def test_without_controller_boot_goes_straight_to_awaiting_assignment() -> None:
 
 @pytest.mark.parametrize(
     ("tracker", "installed", "expected_step"),
-    [(True, "1.31", "init"), (False, "1.31", "install"), (True, None, "install"),
-     (True, "1.30", "install")],
+    [
+        (True, "1.31", "init"),
+        (False, "1.31", "install"),
+        (True, None, "install"),
+        (True, "1.30", "install"),
+    ],
 )
 def test_install_skipped_only_when_tracker_and_recorded_version_agree(
-        tracker: bool, installed: str | None, expected_step: str) -> None:
-    s = lc.State(phase=lc.Phase.PREFLIGHT, assignment=asg(), op=lc.Op.JOIN,
-                 installed_version=installed)
+    tracker: bool, installed: str | None, expected_step: str
+) -> None:
+    s = lc.State(
+        phase=lc.Phase.PREFLIGHT, assignment=asg(), op=lc.Op.JOIN, installed_version=installed
+    )
     _, acts = run(s, lc.ChecksDone(blocking=(), tracker_present=tracker))
     assert steps(acts) == [expected_step]
 
@@ -107,8 +123,11 @@ def test_blocking_checks_fail_preflight_and_retry_with_capped_backoff() -> None:
 
 def test_nodeadm_failure_records_code_and_retries_the_same_operation() -> None:
     s = lc.State(phase=lc.Phase.INSTALLING, assignment=asg(), op=lc.Op.JOIN)
-    s, _ = run(s, lc.StepDone("install", ok=False, code="package_install_timeout",
-                              message="apt timed out"), now=10)
+    s, _ = run(
+        s,
+        lc.StepDone("install", ok=False, code="package_install_timeout", message="apt timed out"),
+        now=10,
+    )
     assert s.phase is lc.Phase.FAILED and s.last_error.code == "package_install_timeout"
     s, acts = run(s, lc.Tick(), now=10 + 60)
     assert s.phase is lc.Phase.PREFLIGHT and steps(acts) == ["RunChecks"]
@@ -122,9 +141,15 @@ def test_a_stale_step_result_is_ignored() -> None:
 
 @pytest.mark.parametrize(
     ("phase", "expected"),
-    [(lc.Phase.INSTALLING, ["install"]), (lc.Phase.JOINING, ["init"]),
-     (lc.Phase.UPGRADING, ["upgrade"]), (lc.Phase.UNINSTALLING, ["uninstall"]),
-     (lc.Phase.PREFLIGHT, ["RunChecks"]), (lc.Phase.JOINED, []), (lc.Phase.DEGRADED, [])],
+    [
+        (lc.Phase.INSTALLING, ["install"]),
+        (lc.Phase.JOINING, ["init"]),
+        (lc.Phase.UPGRADING, ["upgrade"]),
+        (lc.Phase.UNINSTALLING, ["uninstall"]),
+        (lc.Phase.PREFLIGHT, ["RunChecks"]),
+        (lc.Phase.JOINED, []),
+        (lc.Phase.DEGRADED, []),
+    ],
 )
 def test_restart_resumes_the_persisted_phase(phase: lc.Phase, expected: list[str]) -> None:
     s = lc.State(phase=phase, assignment=asg(), op=lc.Op.JOIN, installed_version="1.31")
@@ -133,8 +158,11 @@ def test_restart_resumes_the_persisted_phase(phase: lc.Phase, expected: list[str
 
 
 def test_joined_host_does_not_leave_joined_when_registration_fails() -> None:
-    s, _ = run(joined(), lc.Boot(registering=True),
-               lc.ErrorSeen("controller_unreachable", "connect refused"))
+    s, _ = run(
+        joined(),
+        lc.Boot(registering=True),
+        lc.ErrorSeen("controller_unreachable", "connect refused"),
+    )
     assert s.phase is lc.Phase.JOINED and s.last_error.code == "controller_unreachable"
     s, _ = run(s, lc.ErrorCleared("controller_unreachable"))
     assert s.last_error is None
@@ -152,8 +180,14 @@ def test_joined_host_does_not_leave_joined_when_registration_fails() -> None:
         ({}, False, False, lc.Phase.JOINED, None, None),
     ],
 )
-def test_new_assignment_on_a_joined_host(change: dict[str, Any], drained: bool, appliance: bool,
-                                         phase: lc.Phase, code: str | None, step: str | None) -> None:
+def test_new_assignment_on_a_joined_host(
+    change: dict[str, Any],
+    drained: bool,
+    appliance: bool,
+    phase: lc.Phase,
+    code: str | None,
+    step: str | None,
+) -> None:
     a = asg(revision=2, drained=drained, **change)
     s, acts = run(joined(), lc.AssignmentArrived(a), p=replace(P, appliance=appliance))
     assert s.phase is phase
@@ -162,8 +196,9 @@ def test_new_assignment_on_a_joined_host(change: dict[str, Any], drained: bool, 
 
 
 def test_upgrade_success_records_the_new_version() -> None:
-    s, acts = run(joined(), lc.AssignmentArrived(asg(revision=2, kubernetes_version="1.32",
-                                                     drained=True)))
+    s, acts = run(
+        joined(), lc.AssignmentArrived(asg(revision=2, kubernetes_version="1.32", drained=True))
+    )
     assert acts[-1] == lc.RunStep("upgrade", {"kubernetes_version": "1.32", "drained": True})
     s, _ = run(s, lc.StepDone("upgrade", ok=True))
     assert s.phase is lc.Phase.JOINED and s.installed_version == "1.32" and s.op is None
@@ -181,7 +216,9 @@ def test_new_cluster_uninstalls_then_joins_fresh() -> None:
 
 def test_older_revision_is_ignored_with_a_note() -> None:
     s0 = replace(joined(), assignment=asg(revision=5))
-    s, acts = run(s0, lc.AssignmentArrived(asg(revision=4, kubernetes_version="1.32", drained=True)))
+    s, acts = run(
+        s0, lc.AssignmentArrived(asg(revision=4, kubernetes_version="1.32", drained=True))
+    )
     assert s == s0
     assert isinstance(acts[0], lc.Note) and acts[0].fields["action"] == "ignored"
 
@@ -238,7 +275,12 @@ def test_canceled_step_fails_without_automatic_retry() -> None:
 
 
 def test_state_round_trips_through_json() -> None:
-    s = replace(joined(), last_error=lc.LastError("awaiting_drain", "m", 5.0), failures=2,
-                op=lc.Op.UPGRADE, op_args={"kubernetes_version": "1.32", "drained": True})
+    s = replace(
+        joined(),
+        last_error=lc.LastError("awaiting_drain", "m", 5.0),
+        failures=2,
+        op=lc.Op.UPGRADE,
+        op_args={"kubernetes_version": "1.32", "drained": True},
+    )
     again = lc.from_json(lc.to_json(s), parse_assignment)
     assert again == s

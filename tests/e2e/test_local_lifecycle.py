@@ -55,8 +55,11 @@ def test_restart_after_joined_runs_nodeadm_no_more(tmp_path: Path) -> None:
 
 
 def test_sigkill_while_install_hangs_ends_the_orphan_and_rejoins(tmp_path: Path) -> None:
-    h = HostEnv(tmp_path, local_assignment=assignment(),
-                nodeadm_env={"NODEADM_FAKE_HANG": "install", "NODEADM_FAKE_HANG_TIMES": "1"})
+    h = HostEnv(
+        tmp_path,
+        local_assignment=assignment(),
+        nodeadm_env={"NODEADM_FAKE_HANG": "install", "NODEADM_FAKE_HANG_TIMES": "1"},
+    )
     h.start()
     h.wait_phase("installing", 30)
     pid_file = layout.under(h.root, f"{layout.RUN_DIR}/nodeadm-install.pid")
@@ -71,7 +74,9 @@ def test_sigkill_while_install_hangs_ends_the_orphan_and_rejoins(tmp_path: Path)
     installs = h.nodeadm_calls("install")
     assert len(installs) == 2  # the hung one, and exactly one re-run
     dpkg = [c["argv"] for c in layout.calls(h.root, "dpkg")]
-    assert ["--configure", "-a"] in dpkg, "an interrupted dpkg must be repaired before re-running install"
+    assert ["--configure", "-a"] in dpkg, (
+        "an interrupted dpkg must be repaired before re-running install"
+    )
     assert h.stop() == 0
 
 
@@ -88,9 +93,14 @@ def _alive(pid: int) -> bool:
 
 
 def test_nodeadm_failure_is_classified_and_retried(tmp_path: Path) -> None:
-    h = HostEnv(tmp_path, local_assignment=assignment(),
-                nodeadm_env={"NODEADM_FAKE_FAIL": "init:ssm_activation_expired",
-                             "NODEADM_FAKE_FAIL_TIMES": "1"})
+    h = HostEnv(
+        tmp_path,
+        local_assignment=assignment(),
+        nodeadm_env={
+            "NODEADM_FAKE_FAIL": "init:ssm_activation_expired",
+            "NODEADM_FAKE_FAIL_TIMES": "1",
+        },
+    )
     h.start()
     st = h.wait_phase("failed", 40)
     assert st["last_error"]["code"] == "ssm_activation_expired"
@@ -115,8 +125,10 @@ def test_blocking_check_holds_the_join_and_names_the_check(tmp_path: Path) -> No
 def test_unquoted_version_is_refused_with_advice(tmp_path: Path) -> None:
     h = HostEnv(tmp_path, local_assignment=assignment())
     (tmp_path / "assignment.yaml").write_text(
-        (tmp_path / "assignment.yaml").read_text().replace("kubernetes_version: '1.31'\n",
-                                                           "kubernetes_version: 1.30\n", 1))
+        (tmp_path / "assignment.yaml")
+        .read_text()
+        .replace("kubernetes_version: '1.31'\n", "kubernetes_version: 1.30\n", 1)
+    )
     h.start()
     st = h.wait_for(lambda: (s := h.status()).get("last_error") and s, 20)
     assert st["last_error"]["code"] == "bad_assignment"
