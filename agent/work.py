@@ -132,8 +132,7 @@ class AgentWork:
             for c in ("uid_conflict", "broker_unreachable"):
                 self.driver.post(lc.ErrorCleared(c))
             return
-        if code == "uid_conflict":
-            self.driver.post(lc.ErrorSeen(code, message or "another host uses this UID"))
+        self.driver.post(lc.ErrorSeen(code, message or code))
 
     def persist(self, state: lc.State) -> None:
         try:

@@ -50,6 +50,16 @@ RUNNING_PHASES = {
     Phase.UNINSTALLING: "uninstall",
 }
 NODE_PHASES = frozenset({Phase.JOINED, Phase.DEGRADED})
+# Errors of the agent's links (controller, broker) rather than of the host's lifecycle.
+LINK_CODES = frozenset(
+    {
+        "controller_unreachable",
+        "registration_failed",
+        "registration_refused",
+        "uid_conflict",
+        "broker_unreachable",
+    }
+)
 
 
 class Op(StrEnum):
@@ -277,6 +287,10 @@ def step(s: State, ev: Event, now: float, p: Policy) -> tuple[State, list[Action
         case AssignmentInvalid():
             return replace(s, last_error=_error("bad_assignment", ev.message, now)), []
         case ErrorSeen():
+            # A link's trouble never hides why the host itself failed (and its recovery
+            # must not clear that reason): it only takes an empty or link-owned slot.
+            if s.last_error is not None and s.last_error.code not in LINK_CODES:
+                return s, []
             return replace(s, last_error=_error(ev.code, ev.message, now)), []
         case ErrorCleared():
             if s.last_error and s.last_error.code == ev.code:

@@ -284,3 +284,22 @@ def test_state_round_trips_through_json() -> None:
     )
     again = lc.from_json(lc.to_json(s), parse_assignment)
     assert again == s
+
+
+def test_link_errors_never_hide_or_clear_a_lifecycle_failure() -> None:
+    s = lc.State(
+        phase=lc.Phase.FAILED,
+        assignment=asg(),
+        op=lc.Op.JOIN,
+        last_error=lc.LastError("ssm_activation_expired", "expired", 1.0),
+    )
+    s2, _ = run(
+        s, lc.ErrorSeen("controller_unreachable", "down"), lc.ErrorCleared("controller_unreachable")
+    )
+    assert s2.last_error == s.last_error
+    s3, _ = run(
+        joined(),
+        lc.ErrorSeen("broker_unreachable", "down"),
+        lc.ErrorSeen("controller_unreachable", "down too"),
+    )
+    assert s3.last_error is not None and s3.last_error.code == "controller_unreachable"
