@@ -13,14 +13,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, MutableMapping
+from types import MappingProxyType
 from typing import Any, TextIO
 
 import structlog
 from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 
-LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
-_SYSLOG = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>", "critical": "<2>"}
+LEVELS = MappingProxyType({"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50})
+_SYSLOG = MappingProxyType(
+    {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>", "critical": "<2>"}
+)
 SECRET_KEYS = frozenset(
     {
         "activation_code",

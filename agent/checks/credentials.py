@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from types import MappingProxyType
 from typing import Any
 
 from agent.checks.base import (
@@ -33,20 +34,24 @@ from agent.host.hostroot import OsRelease
 _ACTIVATION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PARTITION = r"arn:aws(?:-[a-z]+)*"
 _REGION = r"[a-z]{2}(?:-[a-z]+)+-\d+"
-_ARNS = {
-    "trust_anchor_arn": re.compile(
-        rf"^{_PARTITION}:rolesanywhere:{_REGION}:\d{{12}}:trust-anchor/[A-Za-z0-9-]+$"
-    ),
-    "profile_arn": re.compile(
-        rf"^{_PARTITION}:rolesanywhere:{_REGION}:\d{{12}}:profile/[A-Za-z0-9-]+$"
-    ),
-    "role_arn": re.compile(rf"^{_PARTITION}:iam::\d{{12}}:role/[\w+=,.@/-]{{1,512}}$"),
-}
-_ARN_SHAPE = {
-    "trust_anchor_arn": "arn:aws:rolesanywhere:<region>:<account>:trust-anchor/<id>",
-    "profile_arn": "arn:aws:rolesanywhere:<region>:<account>:profile/<id>",
-    "role_arn": "arn:aws:iam::<account>:role/<name>",
-}
+_ARNS = MappingProxyType(
+    {
+        "trust_anchor_arn": re.compile(
+            rf"^{_PARTITION}:rolesanywhere:{_REGION}:\d{{12}}:trust-anchor/[A-Za-z0-9-]+$"
+        ),
+        "profile_arn": re.compile(
+            rf"^{_PARTITION}:rolesanywhere:{_REGION}:\d{{12}}:profile/[A-Za-z0-9-]+$"
+        ),
+        "role_arn": re.compile(rf"^{_PARTITION}:iam::\d{{12}}:role/[\w+=,.@/-]{{1,512}}$"),
+    }
+)
+_ARN_SHAPE = MappingProxyType(
+    {
+        "trust_anchor_arn": "arn:aws:rolesanywhere:<region>:<account>:trust-anchor/<id>",
+        "profile_arn": "arn:aws:rolesanywhere:<region>:<account>:profile/<id>",
+        "role_arn": "arn:aws:iam::<account>:role/<name>",
+    }
+)
 EXPIRY_WARNING_S = 7 * 86400
 
 
@@ -63,7 +68,9 @@ def ssm_problems(ssm: Ssm) -> list[str]:
 
 
 # EKS Hybrid Nodes support only SSM on these releases (nodeadm.md §5).
-_IAM_RA_UNSUPPORTED = {("ubuntu", "20.04"): "Ubuntu 20.04", ("rhel", "8"): "RHEL 8"}
+_IAM_RA_UNSUPPORTED = MappingProxyType(
+    {("ubuntu", "20.04"): "Ubuntu 20.04", ("rhel", "8"): "RHEL 8"}
+)
 
 
 def _iam_ra_unsupported(osr: OsRelease | None) -> str | None:

@@ -8,20 +8,30 @@ containerd package there) and ``docker`` on Amazon Linux 2023.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from agent.checks.base import Check, CheckContext, CheckVerdict, failed, passed
 from agent.host.hostroot import OsRelease
 
-SUPPORTED: dict[str, tuple[str, ...]] = {
-    "ubuntu": ("20.04", "22.04", "24.04"),
-    "rhel": ("8", "9"),
-    "amzn": ("2023",),
-}
+SUPPORTED: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "ubuntu": ("20.04", "22.04", "24.04"),
+        "rhel": ("8", "9"),
+        "amzn": ("2023",),
+    }
+)
 ARCHES = ("x86_64", "aarch64")
 # containerd_source values nodeadm refuses per OS, with what to use instead.
-REFUSED_SOURCES: dict[tuple[str, str], str] = {
-    ("rhel", "distro"): "RHEL has no containerd package: use docker (Docker's repository) or none",
-    ("amzn", "docker"): "Amazon Linux 2023 has no Docker repository: use distro or none",
-}
+REFUSED_SOURCES: Mapping[tuple[str, str], str] = MappingProxyType(
+    {
+        (
+            "rhel",
+            "distro",
+        ): "RHEL has no containerd package: use docker (Docker's repository) or none",
+        ("amzn", "docker"): "Amazon Linux 2023 has no Docker repository: use distro or none",
+    }
+)
 
 
 def os_version(osr: OsRelease) -> str:

@@ -9,24 +9,29 @@ a summary that says whether install and init are blocked.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 from agent.core.checks import CheckResult, CheckStatus, summary
 
-_LABEL = {
-    CheckStatus.PASS: "PASS",
-    CheckStatus.WARN: "WARN",
-    CheckStatus.FAIL: "FAIL",
-    CheckStatus.SKIP: "SKIP",
-    CheckStatus.ERROR: "ERROR",
-}
-_COLOR = {
-    CheckStatus.PASS: "\033[32m",
-    CheckStatus.WARN: "\033[33m",
-    CheckStatus.FAIL: "\033[31m",
-    CheckStatus.SKIP: "\033[2m",
-    CheckStatus.ERROR: "\033[35m",
-}
+_LABEL = MappingProxyType(
+    {
+        CheckStatus.PASS: "PASS",
+        CheckStatus.WARN: "WARN",
+        CheckStatus.FAIL: "FAIL",
+        CheckStatus.SKIP: "SKIP",
+        CheckStatus.ERROR: "ERROR",
+    }
+)
+_COLOR = MappingProxyType(
+    {
+        CheckStatus.PASS: "\033[32m",
+        CheckStatus.WARN: "\033[33m",
+        CheckStatus.FAIL: "\033[31m",
+        CheckStatus.SKIP: "\033[2m",
+        CheckStatus.ERROR: "\033[35m",
+    }
+)
 _RESET = "\033[0m"
 _WITH_REMEDY = (CheckStatus.WARN, CheckStatus.FAIL, CheckStatus.ERROR)
 

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from agent.core.assignment import Assignment
@@ -43,12 +44,14 @@ class Phase(StrEnum):
 
 
 # Phases in which a nodeadm step is (or was, before a crash) running.
-RUNNING_PHASES = {
-    Phase.INSTALLING: "install",
-    Phase.JOINING: "init",
-    Phase.UPGRADING: "upgrade",
-    Phase.UNINSTALLING: "uninstall",
-}
+RUNNING_PHASES = MappingProxyType(
+    {
+        Phase.INSTALLING: "install",
+        Phase.JOINING: "init",
+        Phase.UPGRADING: "upgrade",
+        Phase.UNINSTALLING: "uninstall",
+    }
+)
 NODE_PHASES = frozenset({Phase.JOINED, Phase.DEGRADED})
 # Errors of the agent's links (controller, broker) rather than of the host's lifecycle.
 LINK_CODES = frozenset(

@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from agent.core.timefmt import iso
@@ -38,20 +39,22 @@ _DEADLINE = re.compile(r"context deadline exceeded")
 _PKG_CMD = re.compile(r"\b(apt|apt-get|yum|dnf)\b")
 _NO_PACKAGE = re.compile(r"unable to locate package|no package .* available|no match for argument")
 
-_HINTS = {
-    "ssm_activation_expired": "Create a new SSM hybrid activation and update the assignment.",
-    "ssm_activation_invalid": "Check the activation id, activation code and region of the "
-    "assignment against the SSM hybrid activation.",
-    "node_ip_out_of_range": "Set network.node_ip to this host's address inside the remote "
-    "node CIDRs, or add its network to remote_node_cidrs.",
-    "partition_swap": "Disable the swap partition (swapoff and remove it from /etc/fstab).",
-    "package_install_timeout": "Refresh the package index (apt-get update or dnf makecache) "
-    "and check the package repositories, then retry.",
-    "nodeadm_timeout": "Check the host's connectivity, or raise the step's timeout in "
-    "nodeadm.*_timeout_s.",
-    "not_installed": "Run nodeadm install first (the agent will re-run the install step).",
-    "kubelet_inactive": "Inspect 'journalctl -u kubelet' on the host.",
-}
+_HINTS = MappingProxyType(
+    {
+        "ssm_activation_expired": "Create a new SSM hybrid activation and update the assignment.",
+        "ssm_activation_invalid": "Check the activation id, activation code and region of the "
+        "assignment against the SSM hybrid activation.",
+        "node_ip_out_of_range": "Set network.node_ip to this host's address inside the remote "
+        "node CIDRs, or add its network to remote_node_cidrs.",
+        "partition_swap": "Disable the swap partition (swapoff and remove it from /etc/fstab).",
+        "package_install_timeout": "Refresh the package index (apt-get update or dnf makecache) "
+        "and check the package repositories, then retry.",
+        "nodeadm_timeout": "Check the host's connectivity, or raise the step's timeout in "
+        "nodeadm.*_timeout_s.",
+        "not_installed": "Run nodeadm install first (the agent will re-run the install step).",
+        "kubelet_inactive": "Inspect 'journalctl -u kubelet' on the host.",
+    }
+)
 
 
 @dataclass(frozen=True)
