@@ -5,16 +5,20 @@ and say exactly what is wrong when it cannot.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from devtools.fakehost import layout
-from tests.support import ACTIVATION_CODE, HostEnv, assignment
+from devtools.fakehost.hosttree import make_host
+from tests.support import ACTIVATION_CODE, ROOT, HostEnv, assignment
 
 
 def test_joins_from_a_local_assignment_and_stops_cleanly(tmp_path: Path) -> None:
@@ -149,3 +153,56 @@ def test_sighup_reload_refuses_a_bad_config_and_keeps_running(tmp_path: Path) ->
     assert "bogus_key: unknown key" in h.output()
     assert h.proc.poll() is None
     assert h.stop() == 0
+
+
+def test_sigterm_during_install_ends_it_and_the_next_start_resumes(tmp_path: Path) -> None:
+    h = HostEnv(
+        tmp_path,
+        local_assignment=assignment(),
+        nodeadm_env={"NODEADM_FAKE_HANG": "install", "NODEADM_FAKE_HANG_TIMES": "1"},
+    )
+    h.start()
+    h.wait_phase("installing", 30)
+    pid_file = layout.under(h.root, f"{layout.RUN_DIR}/nodeadm-install.pid")
+    hung = int(h.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 15))
+    assert h.stop(signal.SIGTERM) == 0
+    assert not _alive(hung), "SIGTERM must end the running nodeadm step's process group"
+    assert h.status()["phase"] == "installing"  # recorded, so the next start resumes it
+    h.start()
+    h.wait_phase("joined", 40)
+    assert len(h.nodeadm_calls("install")) == 2
+    h.stop()
+
+
+def _cli(h: HostEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args, "-c", str(h.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_check_json_nodeconfig_and_status_from_the_command_line(tmp_path: Path) -> None:
+    h = HostEnv(tmp_path, local_assignment=assignment(), host={"swap": "file"})
+    r = _cli(h, "check", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert len(doc["checks"]) == 14 and doc["summary"]["warned"] >= 1
+    swap = next(c for c in doc["checks"] if c["id"] == "system.swap")
+    assert swap["status"] == "warn" and swap["remedy"]
+    r = _cli(h, "check", "--only", "system.swap", "network.cidrs")
+    assert r.returncode == 0 and "system.swap" in r.stdout and "os.supported" not in r.stdout
+    assert _cli(h, "check", "--only", "no.such.check").returncode == 2
+    r = _cli(h, "nodeconfig")
+    assert r.returncode == 0 and ACTIVATION_CODE not in r.stdout and "<redacted>" in r.stdout
+    r = _cli(h, "nodeconfig", "--show-secrets")
+    assert ACTIVATION_CODE in r.stdout
+    r = _cli(h, "status", "--json")
+    st = json.loads(r.stdout)
+    assert st["phase"] == "starting" and st["uid"] == h.uid
+    make_host(h.root, swap="partition")
+    r = _cli(h, "check")
+    assert r.returncode == 1 and "FAIL" in r.stdout and "system.swap" in r.stdout
