@@ -73,6 +73,7 @@ class Agent(AgentWork):
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._reg_token: tuple[tuple[int, int, int], str] | None = None
         self.env = dict(os.environ if env is None else env)
         self.wall = wall
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
@@ -110,6 +111,7 @@ class Agent(AgentWork):
         self.notifier = Notifier.from_env(self.env, os.getpid())
         self.stop_event = asyncio.Event()
         self.sync_event = asyncio.Event()
+        self._lifecycle: asyncio.Task[Any] | None = None
         self.sampler: HealthSampler | None = None
         self.link: Any = None
         self.controller: Any = None
@@ -149,7 +151,28 @@ class Agent(AgentWork):
         token = getattr(self.controller, "host_token", None)
         if token:
             out.append(str(token))
+        registration = self._registration_token()
+        if registration:
+            out.append(registration)
         return out
+
+    def _registration_token(self) -> str | None:
+        """The registration token, re-read only when its file changes (it is rotated)."""
+        ctl = self.config.controller
+        if ctl is None:
+            return None
+        try:
+            st = ctl.registration_token_file.stat()
+        except OSError:
+            return self._reg_token[1] if self._reg_token else None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self._reg_token is None or self._reg_token[0] != stamp:
+            try:
+                text = ctl.registration_token_file.read_text(errors="replace").strip()
+            except OSError:
+                text = ""
+            self._reg_token = (stamp, text)
+        return self._reg_token[1] or None
 
     def now(self) -> float:
         return self.wall()
@@ -199,6 +222,7 @@ class Agent(AgentWork):
             from agent.link.messages import Kind
 
             self.link.send(Kind.STATUS, "status", status)
+        self.last_status_at = time.monotonic()
         self.notifier.status(str(self.driver.state.phase))
 
     # ---- the daemon ----------------------------------------------------------------------
@@ -234,7 +258,7 @@ class Agent(AgentWork):
             self.offer_assignment_file()
         try:
             async with asyncio.TaskGroup() as tg:
-                self._loop(tg, "lifecycle", self.driver.run(), 30)
+                self._lifecycle = self._loop(tg, "lifecycle", self.driver.run(), 30)
                 if self.link is not None:
                     # The link stamps while connected and while backing off, so an outage of
                     # the broker never looks like a stuck loop to the watchdog.
@@ -264,9 +288,11 @@ class Agent(AgentWork):
         await self._close()
         return 0
 
-    def _loop(self, tg: asyncio.TaskGroup, name: str, coro: Any, max_age: float) -> None:
+    def _loop(
+        self, tg: asyncio.TaskGroup, name: str, coro: Any, max_age: float
+    ) -> asyncio.Task[Any]:
         self.heartbeats.register(name, max_age, time.monotonic())
-        tg.create_task(coro, name=name)
+        return tg.create_task(coro, name=name)
 
     def _stalled(self, names: list[str]) -> None:
         self.log.error("watchdog.stalled", loops=names)
@@ -280,6 +306,11 @@ class Agent(AgentWork):
         self.log.info("agent.stopping", phase=str(self.driver.state.phase))
         # A running nodeadm step is ended and its phase stays persisted: the next start
         # re-runs it (nodeadm tolerates that), rather than holding up a shutdown for minutes.
+        # The lifecycle loop goes first (its exit ends the step): were it still running, it
+        # would take the step's "canceled" outcome and persist `failed` instead of the phase.
+        if self._lifecycle is not None:
+            self._lifecycle.cancel()
+            await asyncio.wait([self._lifecycle])
         self.driver.cancel_work()
         await self.dispatcher.close()
         if self.link is not None:
@@ -380,10 +411,7 @@ class Agent(AgentWork):
 
         ctl = self.controller
         reg = await ctl.register(self.register_body())
-        self.emit(
-            "registration", {"state": "registered", "message": "registered with the controller"}
-        )
-        self.driver.post(lc.Registered())
+        self.note_registered("registered with the controller")
         if reg.assignment is not None:
             self.offer_assignment(reg.assignment, "registration")
         etag: str | None = None
@@ -398,9 +426,16 @@ class Agent(AgentWork):
                 fetch = await ctl.poll_assignment(self.register_body, etag)
             except ControllerError:
                 continue  # on_error already recorded it; the persisted assignment still holds
+            if fetch.registration is not None:
+                self.note_registered("registered again: the controller refused the host token")
             if fetch.status == "changed" and fetch.body is not None:
                 etag = fetch.etag
                 self.offer_assignment(fetch.body, "controller")
+
+    def note_registered(self, message: str) -> None:
+        """A registration succeeded (at start, or again after a 401): an event says so."""
+        self.emit("registration", {"state": "registered", "message": message})
+        self.driver.post(lc.Registered())
 
     def on_controller_error(self, code: str, message: str) -> None:
         last = self.driver.state.last_error
@@ -417,12 +452,15 @@ class Agent(AgentWork):
 
     # ---- periodic loops ----------------------------------------------------------------------
     async def status_loop(self, interval: float) -> None:
+        # Every change publishes a status (publish_status stamps last_status_at); this loop
+        # only fills the silences, so a quiet host sends one every `interval`, not more.
         while True:
             self.stamp("status")
-            await asyncio.sleep(min(interval, 10.0))
-            self.stamp("status")
-            if time.monotonic() - self.extra.get("_last_status", 0.0) >= interval:
+            due = self.last_status_at + interval - time.monotonic()
+            if due <= 0:
                 self.publish_status()
+                continue
+            await asyncio.sleep(min(due, 10.0))
 
     async def health_loop(self, interval: float) -> None:
         while True:

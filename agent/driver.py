@@ -133,7 +133,7 @@ class LifecycleDriver:
             blocking = tuple(r.id for r in results if r.blocking)
             self.post(lc.ChecksDone(blocking=blocking, tracker_present=self._tracker_present()))
         except asyncio.CancelledError:
-            self.post(lc.ChecksDone(blocking=("canceled",), tracker_present=False))
+            self.post(lc.ChecksDone(blocking=(), tracker_present=False, canceled=True))
             raise
         except Exception as e:  # noqa: BLE001 - a crashed check run must not stop the agent
             self._log.error("checks.crashed", error=str(e), exc_info=True)

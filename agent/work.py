@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from agent.commands.dispatcher import CommandFailed, Progress
@@ -22,13 +23,15 @@ from agent.driver import LifecycleDriver
 from agent.host.metrics import host_addresses, kubelet_healthz
 from agent.host.proc import ProcessError, run
 
-PROGRESS = {
-    lc.Phase.PREFLIGHT: 10,
-    lc.Phase.INSTALLING: 30,
-    lc.Phase.JOINING: 70,
-    lc.Phase.UPGRADING: 50,
-    lc.Phase.UNINSTALLING: 50,
-}
+PROGRESS = MappingProxyType(
+    {
+        lc.Phase.PREFLIGHT: 10,
+        lc.Phase.INSTALLING: 30,
+        lc.Phase.JOINING: 70,
+        lc.Phase.UPGRADING: 50,
+        lc.Phase.UNINSTALLING: 50,
+    }
+)
 
 
 def _phase_differs(seen: lc.Phase | None) -> Callable[[lc.State], bool]:
@@ -68,6 +71,7 @@ class AgentWork:
     on_controller_error: Callable[[str, str], None]
     on_controller_recovered: Callable[[], None]
     register_body: Callable[[], dict[str, Any]]
+    note_registered: Callable[[str], None]
 
     # ---- construction -------------------------------------------------------------------
     def init_work(self, state: lc.State, policy: lc.Policy) -> None:
@@ -331,6 +335,8 @@ class AgentWork:
                 fetch = await self.controller.poll_assignment(self.register_body, None)
             except ControllerError as e:
                 raise CommandFailed(e.code, e.message) from e
+            if fetch.registration is not None:
+                self.note_registered("registered again: the controller refused the host token")
             if fetch.status == "changed" and fetch.body is not None:
                 self.offer_assignment(fetch.body, "controller")
         elif self.config.assignment_file is not None:

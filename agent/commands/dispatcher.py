@@ -98,6 +98,7 @@ class Dispatcher:
         self._external_busy = external_busy
         self._log = log
         self.running: dict[str, _Running] = {}
+        self._closing = False
 
     # ---- intake ---------------------------------------------------------------------------
     async def handle(self, payload: bytes) -> None:
@@ -220,7 +221,8 @@ class Dispatcher:
             if spec.on_cancel:
                 spec.on_cancel()
         except asyncio.CancelledError:
-            state, error = "canceled", ("canceled", "canceled by a cancel command")
+            why = "the agent is stopping" if self._closing else "canceled by a cancel command"
+            state, error = "canceled", ("canceled", why)
             if spec.on_cancel:
                 spec.on_cancel()
         except CommandFailed as e:
@@ -252,6 +254,7 @@ class Dispatcher:
         return True
 
     async def close(self) -> None:
+        self._closing = True
         tasks = [r.task for r in self.running.values() if r.task is not None]
         for t in tasks:
             t.cancel()
@@ -262,7 +265,7 @@ class Dispatcher:
     def finish_interrupted(self) -> None:
         """Commands that were running when the agent died get their one final reply now."""
         for entry in self.ledger.interrupted():
-            reply = self._reply(
+            self._reply(
                 entry.id,
                 entry.name,
                 "failed",

@@ -7,10 +7,15 @@ no state and two agents in one process never share anything.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 from agent.commands.dispatcher import ArgsError, CommandSpec, Progress
 from agent.core.checks import summary
+
+# The shape an assignment's kubernetes_version has (agent/core/assignment.py): a malformed
+# version must be refused here, not handed to nodeadm to fail and be retried forever.
+_VERSION = re.compile(r"\d+\.\d+(\.\d+)?")
 
 
 class AgentOps(Protocol):
@@ -85,6 +90,8 @@ def build_specs(ops: AgentOps) -> dict[str, CommandSpec]:
         v = args.get("kubernetes_version")
         if not isinstance(v, str) or not v:
             raise ArgsError('kubernetes_version (a string such as "1.32") is required')
+        if not _VERSION.fullmatch(v):
+            raise ArgsError(f'kubernetes_version {v[:32]!r} is not a version such as "1.32"')
         return args
 
     async def upgrade(a: dict[str, Any], p: Progress) -> dict[str, Any]:

@@ -152,6 +152,7 @@ class ErrorCleared:
 class ChecksDone:
     blocking: tuple[str, ...]  # ids of failed/errored checks
     tracker_present: bool
+    canceled: bool = False
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,8 @@ def _boot(s: State, ev: Boot, now: float, p: Policy) -> tuple[State, list[Action
     if s.phase is Phase.PREFLIGHT:
         return s, [RunChecks()]
     if s.phase in (Phase.FAILED, Phase.PREFLIGHT_FAILED):
+        if s.last_error is not None and s.last_error.code == "canceled":
+            return s, []  # an operator's cancel holds across restarts, until a new join
         # Retry soon after a restart, but keep the backoff if it was already long.
         retry = s.retry_at if s.retry_at is not None else now
         return replace(s, retry_at=retry), []
@@ -469,6 +472,11 @@ def _awaiting(s: State) -> bool:
 def _checks_done(s: State, ev: ChecksDone, now: float, p: Policy) -> tuple[State, list[Action]]:
     if s.phase is not Phase.PREFLIGHT:
         return s, []
+    if ev.canceled:
+        msg = "preflight canceled"
+        return _go(
+            s, Phase.FAILED, now, msg, last_error=_error("canceled", msg, now), retry_at=None
+        ), []
     if ev.blocking:
         msg = "preflight checks failed: " + ", ".join(ev.blocking)
         return _fail(s, Phase.PREFLIGHT_FAILED, "preflight_failed", msg, now, p), []

@@ -303,3 +303,18 @@ def test_link_errors_never_hide_or_clear_a_lifecycle_failure() -> None:
         lc.ErrorSeen("controller_unreachable", "down too"),
     )
     assert s3.last_error is not None and s3.last_error.code == "controller_unreachable"
+
+
+def test_a_cancel_holds_across_a_restart_until_a_new_join() -> None:
+    s = lc.State(phase=lc.Phase.INSTALLING, assignment=asg(), op=lc.Op.JOIN)
+    s, _ = run(s, lc.StepDone("install", ok=False, canceled=True))
+    s, acts = run(s, lc.Boot(registering=True), lc.Tick(), now=10**9)
+    assert s.phase is lc.Phase.FAILED and acts == [] and s.retry_at is None
+    s, acts = run(s, lc.JoinRequested())
+    assert s.phase is lc.Phase.PREFLIGHT and steps(acts) == ["RunChecks"]
+
+
+def test_canceled_preflight_is_a_cancel_not_a_failed_check() -> None:
+    s = lc.State(phase=lc.Phase.PREFLIGHT, assignment=asg(), op=lc.Op.JOIN)
+    s, _ = run(s, lc.ChecksDone(blocking=(), tracker_present=False, canceled=True))
+    assert s.phase is lc.Phase.FAILED and s.last_error.code == "canceled" and s.retry_at is None
