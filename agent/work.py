@@ -277,8 +277,12 @@ class AgentWork:
         return await self._follow(progress, done, failed)
 
     async def join(self, progress: Progress) -> dict[str, Any]:
-        if self.driver.state.assignment is None:
+        st = self.driver.state
+        if st.assignment is None:
             raise CommandFailed("no_assignment", "no assignment yet: nothing to join")
+        if st.phase is lc.Phase.JOINED and st.joined_identity == st.assignment.identity():
+            # Idempotent: a fleet tool may send join to every host; a joined one has nothing to do.
+            return {"kubernetes_version": st.installed_version, "node_name": st.node_name}
         s = await self._request(
             lc.JoinRequested(),
             progress,
@@ -294,6 +298,9 @@ class AgentWork:
             )
         if not self.host.tracker_present():
             raise CommandFailed("not_installed", "nodeadm has installed nothing to upgrade")
+        st = self.driver.state
+        if st.phase is lc.Phase.JOINED and st.installed_version == version:
+            return {"kubernetes_version": version}  # already there: nothing to run
         s = await self._request(
             lc.UpgradeRequested(version, drained), progress, {lc.Phase.JOINED}, {lc.Phase.FAILED}
         )

@@ -212,6 +212,10 @@ def test_join_upgrade_and_uninstall_by_command(site_factory: SiteFactory) -> Non
     assert progress, "a join reports its progress"
     _assert_lifecycle(s, join["command_id"])
     assert s.host.status()["phase"] == "joined"
+    calls = len(s.host.nodeadm_calls())
+    again = s.run("join", timeout=10)
+    assert again["state"] == "succeeded" and again["result"] == join["result"]
+    assert len(s.host.nodeadm_calls()) == calls, "join on a joined host runs nothing"
 
     up = s.run("upgrade", {"kubernetes_version": "1.32", "drained": True}, timeout=40)
     assert up["state"] == "succeeded", up
@@ -220,6 +224,8 @@ def test_join_upgrade_and_uninstall_by_command(site_factory: SiteFactory) -> Non
     call = s.host.nodeadm_calls("upgrade")[-1]
     assert call[1] == "1.32" and "pod-validation,node-validation" in call
     assert s.host.status()["kubernetes_version"] == "1.32"
+    same = s.run("upgrade", {"kubernetes_version": "1.32", "drained": True}, timeout=10)
+    assert same["state"] == "succeeded" and len(s.host.nodeadm_calls("upgrade")) == 1
 
     gone = s.run("uninstall", {"force": True}, timeout=40)
     assert gone["state"] == "succeeded", gone
