@@ -45,10 +45,9 @@ from agent.host.nodeadm_proc import (
     end_recorded,
     repair_dpkg,
     run_step,
-    systemd_is_pid1,
     systemd_run_argv,
 )
-from agent.host.proc import ProcessError
+from agent.host.proc import ProcessError, transient, use_transient_units
 from agent.host.proc import run as run_program
 
 RUN_RECORD = "nodeadm-run.json"
@@ -139,6 +138,7 @@ class NodeadmRunner:
                 self._cfg.programs.dpkg,
                 self._env,
                 self._log,
+                wrap=self._host_change("dpkg-repair"),
             )
             result, lines = await self._execute("install", argv, _outer(t), a)
             return self._outcome(
@@ -193,10 +193,29 @@ class NodeadmRunner:
             if outcome.ok and remove_kubelet_certs:
                 # nodeadm keeps /var/lib/kubelet (#664), and with it the serving certs of
                 # the old cluster: a join to another cluster then fails x509 checks (#413).
-                pki = self._host.path("/var/lib/kubelet/pki")
-                shutil.rmtree(pki, ignore_errors=True)
-                self._log.info("nodeadm.kubelet_certs_removed", path=str(pki))
+                await self._remove_kubelet_certs()
             return outcome
+
+    def _host_change(self, name: str) -> Callable[[list[str]], list[str]]:
+        """How a command that writes outside the agent's sandbox is run (docs/systemd.md)."""
+        if not use_transient_units(self._cfg.nodeadm.systemd_run):
+            return lambda argv: argv
+        return lambda argv: transient(self._cfg.programs.systemd_run, name, argv, self._env)
+
+    async def _remove_kubelet_certs(self) -> None:
+        pki = self._host.path("/var/lib/kubelet/pki")
+        if use_transient_units(self._cfg.nodeadm.systemd_run):
+            # /var/lib/kubelet is read-only inside the agent's sandbox: remove it from a
+            # transient unit. Transient units run in the host's namespace: host paths apply.
+            argv = self._host_change("kubelet-certs")(["rm", "-rf", "--", "/var/lib/kubelet/pki"])
+            try:
+                await run_program(argv, timeout=120, env=self._env)
+            except ProcessError as e:
+                self._log.warning("nodeadm.kubelet_certs_not_removed", error=e.reason)
+                return
+        else:
+            shutil.rmtree(pki, ignore_errors=True)
+        self._log.info("nodeadm.kubelet_certs_removed", path="/var/lib/kubelet/pki")
 
     async def debug(self, config_path: Path) -> DebugReport:
         """``nodeadm debug``: read-only and short, so it runs beside a step in flight.
@@ -335,8 +354,7 @@ class NodeadmRunner:
         return result, list(lines)
 
     def _wrap(self, step: str, argv: list[str], log_path: Path) -> tuple[list[str], str | None]:
-        mode = self._cfg.nodeadm.systemd_run
-        if mode == "never" or (mode == "auto" and not systemd_is_pid1()):
+        if not use_transient_units(self._cfg.nodeadm.systemd_run):
             return argv, None
         unit = f"edge-agent-nodeadm-{step}-{os.urandom(4).hex()}"
         wrapped = systemd_run_argv(self._cfg.programs.systemd_run, unit, log_path, argv, self._env)

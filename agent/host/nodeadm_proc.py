@@ -335,15 +335,6 @@ def _non_empty_dir(path: Path) -> bool:
         return False
 
 
-def systemd_is_pid1() -> bool:
-    """Whether the agent itself runs under systemd (its own filesystem, not the host root)."""
-    try:
-        comm = Path("/proc/1/comm").read_text(encoding="utf-8").strip()
-    except OSError:
-        return False
-    return Path("/run/systemd/system").is_dir() and comm == "systemd"
-
-
 def systemd_run_argv(
     systemd_run: str, unit: str, log_path: Path, argv: Sequence[str], env: Mapping[str, str]
 ) -> list[str]:
@@ -366,7 +357,13 @@ def systemd_run_argv(
     return [*out, "--", *argv]
 
 
-async def repair_dpkg(updates: Path, dpkg: str, env: Mapping[str, str], log: Log) -> bool:
+async def repair_dpkg(
+    updates: Path,
+    dpkg: str,
+    env: Mapping[str, str],
+    log: Log,
+    wrap: Callable[[list[str]], list[str]] = list,
+) -> bool:
     """``dpkg --configure -a`` when an earlier install was interrupted mid-package.
 
     Otherwise every apt call nodeadm makes fails with "dpkg was interrupted" and the
@@ -378,7 +375,7 @@ async def repair_dpkg(updates: Path, dpkg: str, env: Mapping[str, str], log: Log
     log.warning("nodeadm.dpkg_repair", argv=argv, reason=f"{updates} is not empty")
     try:
         result = await run_program(
-            argv, timeout=900, env={"DEBIAN_FRONTEND": "noninteractive", **env}
+            wrap(argv), timeout=900, env={"DEBIAN_FRONTEND": "noninteractive", **env}
         )
     except ProcessError as e:
         log.warning("nodeadm.dpkg_repair_failed", error=e.reason)

@@ -27,7 +27,7 @@ from typing import Any
 
 from agent.core.config import Config
 from agent.host.hostroot import HostRoot
-from agent.host.proc import ProcessError, ProcessResult, run
+from agent.host.proc import ProcessError, ProcessResult, run, transient, use_transient_units
 from agent.state.atomic import write_json
 
 RECORD = "package-index.json"
@@ -194,6 +194,9 @@ async def refresh_package_index(
     argv = refresh_argv(config, manager)
     name = " ".join(argv)
     env = {"DEBIAN_FRONTEND": "noninteractive"} if manager == "apt" else None
+    if use_transient_units(config.nodeadm.systemd_run):
+        # The package lists are read-only inside the agent's sandbox (docs/systemd.md).
+        argv = transient(config.programs.systemd_run, f"{manager}-refresh", argv, env)
     start = time.monotonic()
     deadline = start + lock_wait_s
     delay = retry_delay_s

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 _STRIP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 TAIL = 4000
@@ -111,3 +112,43 @@ async def run(
         stderr=err.decode("utf-8", "replace")[-TAIL * 4 :],
         duration_s=time.monotonic() - start,
     )
+
+
+def systemd_is_pid1() -> bool:
+    """Whether the agent itself runs under systemd (its own filesystem, not the host root)."""
+    try:
+        comm = Path("/proc/1/comm").read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    return Path("/run/systemd/system").is_dir() and comm == "systemd"
+
+
+def use_transient_units(mode: str) -> bool:
+    """``nodeadm.systemd_run``: ``always``, ``never``, or ``auto`` (when systemd is PID 1)."""
+    return mode == "always" or (mode == "auto" and systemd_is_pid1())
+
+
+def transient(
+    systemd_run: str, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+) -> list[str]:
+    """``argv`` as a short transient unit whose output comes back through ``--pipe``.
+
+    The agent's own unit is sandboxed (ProtectSystem=strict) and children inherit that, so a
+    command that changes the host (apt-get update, dpkg --configure -a, removing old kubelet
+    certificates) runs as a unit of its own, spawned by PID 1 outside the sandbox.
+    """
+    unit = f"edge-agent-{name}-{os.urandom(4).hex()}"
+    out = [
+        systemd_run,
+        "--unit",
+        unit,
+        "--collect",
+        "--wait",
+        "--quiet",
+        "--pipe",
+        "-p",
+        "Type=oneshot",
+    ]
+    for key, value in (env or {}).items():
+        out += ["--setenv", f"{key}={value}"]
+    return [*out, "--", *argv]
