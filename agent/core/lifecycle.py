@@ -61,7 +61,7 @@ LINK_CODES = frozenset(
         "registration_refused",
         "uid_conflict",
         "broker_unreachable",
-    "broker_refused",
+        "broker_refused",
     }
 )
 

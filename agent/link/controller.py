@@ -8,7 +8,8 @@ the cap, since only an operator can fix them. The registration token file is re-
 every try and the TLS files are reloaded when they change, so rotated secrets need no
 restart (contract §9). The host token is kept in ``state_dir/host_token`` (0600). Secrets
 never reach a log line or an error message: every message leaving here is scrubbed of the
-registration token and the host token.
+registration token and the host token. What a status means, how long to wait and what of
+a reply may be shown are decided, purely, in `agent.core.controller_policy`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
-import math
 import random
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 from urllib.parse import quote
@@ -35,21 +32,30 @@ import httpx
 from agent import __version__
 from agent.core.backoff import Backoff
 from agent.core.config import ControllerConfig
+from agent.core.controller_policy import (
+    accepted,
+    error_excerpt,
+    json_object,
+    parse_retry_after,
+    refuses_client_cert,
+    scrub,
+    slow_delay,
+    status_verdict,
+)
 from agent.state.atomic import write_bytes
 
 __all__ = ["AssignmentFetch", "ControllerClient", "ControllerError", "Reauth", "Registration"]
+
+# The old private name of `parse_retry_after`: tests/link/test_controller_client.py imports it.
+_retry_after = parse_retry_after
 
 REGISTER_PATH = "/v1/hosts/register"
 HOST_TOKEN_FILE = "host_token"
 MAX_RESPONSE_BYTES = 1024 * 1024
 UPLOAD_ATTEMPTS = 3
-# TLS alerts a server sends about *our* certificate. Under TLS 1.3 they arrive after the
-# client's handshake has finished, as a raw ssl.SSLError on the first read that httpx does
-# not wrap (notes/python-stack.md §6). They are refusals, not transient faults.
-_CLIENT_CERT_ALERT = re.compile(
-    r"ALERT_(CERTIFICATE_\w+|BAD_CERTIFICATE|UNKNOWN_CA|ACCESS_DENIED)$"
-)
-# ... or, as often, lost in a connection reset: then `_probe_client_cert` asks again.
+# The server's refusal of our client certificate arrives as a TLS alert (see
+# `refuses_client_cert`) or, as often, is lost in a connection reset: then
+# `_probe_client_cert` asks again.
 _DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, ConnectionError)
 
 
@@ -189,20 +195,17 @@ class ControllerClient:
         reply = await self._exchange("POST", REGISTER_PATH, token, json=body)
         if reply.status_code != 200:
             raise self._status_error(reply, "POST", REGISTER_PATH, register=True)
-        doc = _json_object(reply.content) or {}
-        host_token, uid = doc.get("host_token"), doc.get("uid", body.get("uid"))
-        if not isinstance(host_token, str) or not host_token.strip() or not isinstance(uid, str):
+        fields = accepted(reply.content, body.get("uid"))
+        if fields is None:
             msg = "the controller answered 200 without a uid and a host_token"
             raise ControllerError("registration_failed", msg, slow=True)
-        host_token = host_token.strip()
+        host_token = fields.host_token
         self._secrets.add(host_token)
         if host_token != self._host_token:
             write_bytes(self._token_path, host_token.encode(), mode=0o600)
             self._host_token = host_token
-        self._uid = uid
-        assignment = doc.get("assignment")
-        good = assignment if isinstance(assignment, dict) else None
-        return Registration(uid, host_token, good), assignment is not None and good is None
+        self._uid = fields.uid
+        return Registration(fields.uid, host_token, fields.assignment), fields.bad_assignment
 
     def _registration_token(self) -> str:
         path = self._cfg.registration_token_file
@@ -277,7 +280,7 @@ class ControllerClient:
         reply = await self._exchange("GET", path, token, headers=extra)
         new_etag = reply.headers.get("ETag")
         if reply.status_code == 200:
-            doc = _json_object(reply.content)
+            doc = json_object(reply.content)
             if doc is None:
                 raise ControllerError("bad_assignment", "the assignment is not a JSON object")
             return AssignmentFetch("changed", doc, new_etag)
@@ -376,7 +379,7 @@ class ControllerClient:
             detail = f"certificate verify failed: {tls.verify_message or tls.reason}"
             msg = f"TLS verification of the controller failed on {where}: {detail}"
             return ControllerError("controller_unreachable", msg)
-        if tls is not None and _CLIENT_CERT_ALERT.search(str(tls.reason)):
+        if tls is not None and refuses_client_cert(str(tls.reason)):
             msg = f"the controller refused our TLS client certificate ({tls.reason}) on {where}"
             return ControllerError("registration_refused", msg, slow=True)
         if isinstance(exc, httpx.TimeoutException | TimeoutError):
@@ -389,25 +392,18 @@ class ControllerClient:
         self, reply: _Reply, method: str, path: str, *, register: bool = False
     ) -> ControllerError:
         status = reply.status_code
-        msg = self._scrub(f"HTTP {status} from {method} {path}{_detail(reply.content)}")
-        if status in (408, 429) or status >= 500:
-            retry_after = _retry_after(reply.headers.get("Retry-After"), time.time())
-            return ControllerError("controller_unreachable", msg, retry_after=retry_after)
-        if status == 401 and not register:
+        verdict = status_verdict(status, register=register)
+        msg = self._scrub(f"HTTP {status} from {method} {path}{error_excerpt(reply.content)}")
+        if verdict.reauth:
             return Reauth(f"host token refused: {msg}")
-        if status in (401, 403):
-            return ControllerError("registration_refused", msg, slow=True)
-        if register:
-            code = "uid_conflict" if status == 409 else "registration_failed"
-            return ControllerError(code, msg, slow=True)
-        return ControllerError("controller_unreachable", msg)
+        retry_after = None
+        if verdict.transient:
+            retry_after = parse_retry_after(reply.headers.get("Retry-After"), time.time())
+        return ControllerError(verdict.code, msg, slow=verdict.slow, retry_after=retry_after)
 
     def _delay(self, e: ControllerError) -> float:
         if e.slow:
-            # Half to all of the cap: jittered so a fleet refused together does not return
-            # together, and never near zero, since an operator has to act first.
-            cap = self._cfg.max_backoff_s
-            return max(min(e.retry_after or 0.0, cap), cap * self._rng.uniform(0.5, 1.0))
+            return slow_delay(self._cfg.max_backoff_s, e.retry_after, self._rng)
         return self._backoff.next_delay(e.retry_after)
 
     def _failed(self, e: ControllerError, event: str, **kw: Any) -> None:
@@ -426,10 +422,7 @@ class ControllerClient:
             self._on_error(code, self._scrub(message))
 
     def _scrub(self, text: str) -> str:
-        # A controller or a proxy may echo the Authorization header in an error body.
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, "<redacted>")
-        return text
+        return scrub(text, self._secrets)
 
     async def _client(self) -> httpx.AsyncClient:
         """The one AsyncClient, rebuilt only when a TLS file changed (a rotated cert)."""
@@ -485,39 +478,6 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     except OSError:
         return (0, 0, 0)
     return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _detail(raw: bytes) -> str:
-    """A short, printable excerpt of an error body: its "error"/"message" field if JSON."""
-    doc = _json_object(raw)
-    if doc is not None:
-        text = next((v for k in ("error", "message") if isinstance(v := doc.get(k), str)), "")
-    else:
-        text = raw[:200].decode("utf-8", "replace")
-    text = "".join(c if c.isprintable() else " " for c in text).strip()[:200]
-    return f": {text}" if text else ""
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    with contextlib.suppress(ValueError):
-        seconds = float(value)
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now) if when.tzinfo is not None else None
 
 
 def _find_ssl_error(exc: BaseException | None) -> ssl.SSLError | None:

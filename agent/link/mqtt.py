@@ -11,18 +11,17 @@ arrive on reconnect; paho acknowledges them before our handler runs, so deduplic
 to the command ledger. Link trouble is reported through `on_link_error(code, message)`, called
 only when the condition changes, with `(None, None)` once healthy again: `broker_unreachable`
 (a connect attempt failed, including TLS or password file problems), `broker_refused` (the
-broker's CONNACK refused us) and `uid_conflict` (another client keeps taking our session).
+broker's CONNACK refused us) and `uid_conflict` (another client keeps taking our session);
+`agent.link.linkstate` keeps that condition, the session counter and the availability payloads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import socket
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -36,18 +35,21 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.core.backoff import Backoff
 from agent.core.config import MqttConfig
 from agent.core.timefmt import iso
+from agent.link.linkstate import (
+    QUICK_DROP_S,
+    LinkCondition,
+    SessionCounter,
+    availability,
+    stale_offline,
+)
 from agent.link.messages import Kind, Outgoing, describe_drops, encode, is_queued
 from agent.link.outbox import Outbox
-from agent.state.atomic import write_json
 
 SESSION_TAKEN_OVER = 0x8E
 WINDOW = 20  # QoS 1 publishes in flight: paho's default and Mosquitto's receive maximum
 CONNECT_TIMEOUT_S = 10.0  # at most; less with a short keepalive (see _client)
 STOP_TIMEOUT_S = 2.0
 SYNC_DELAY_S = 0.05  # outbox fsync batching window
-QUICK_DROP_S = 10.0  # a connection lost this soon after CONNACK counts toward uid_conflict
-QUICK_DROPS = 3
-QUICK_DROP_WINDOW_S = 300.0
 DROP_REPORT_S = 60.0  # at most one outbox_full event per minute while connected
 HEARTBEAT_S = 5.0
 
@@ -90,8 +92,7 @@ class MqttLink:
         self._max_packet, self._expiry = max_packet_bytes, session_expiry_s
         self._root = f"{cfg.topic_prefix.rstrip('/')}/{uid}"
         self._t_avail, self._t_commands = f"{self._root}/availability", f"{self._root}/commands"
-        self._session_path = state_dir / "mqtt-session.json"
-        self._session = self._load_session()
+        self._sessions = SessionCounter(state_dir)
         self._outbox = Outbox(state_dir / "outbox", cfg.outbox_max_bytes)
         if self._outbox.torn_bytes:
             log.warning("outbox.torn_tail", bytes=self._outbox.torn_bytes)
@@ -104,10 +105,7 @@ class MqttLink:
         self._handlers: set[asyncio.Task[None]] = set()
         self._sync_handle: asyncio.TimerHandle | None = None
         self._run_task: asyncio.Task[Any] | None = None
-        self._quick_drops: deque[float] = deque()
-        self._error: tuple[str, str] | None = None
-        self._unreachable: tuple[str, str] | None = None
-        self._conflict: str | None = None
+        self._condition = LinkCondition(uid)
         self._last_drop_report = -DROP_REPORT_S
 
     # -- public ----------------------------------------------------------------------------
@@ -118,7 +116,7 @@ class MqttLink:
 
     @property
     def session(self) -> int:
-        return self._session
+        return self._sessions.value
 
     @property
     def outbox(self) -> Outbox:
@@ -126,12 +124,12 @@ class MqttLink:
 
     @property
     def uid_conflict(self) -> bool:
-        return self._conflict is not None
+        return self._condition.conflict is not None
 
     @property
     def last_error(self) -> tuple[str, str] | None:
         """The link's current trouble as `(code, message)`, None when healthy."""
-        return self._error
+        return self._condition.error
 
     def send(self, kind: Kind, subtopic: str, payload: dict[str, Any]) -> None:
         """Publish `payload` as compact JSON: QoS 1 kinds are in the outbox when this returns;
@@ -261,11 +259,9 @@ class MqttLink:
         password = None
         if cfg.password_file is not None:
             password = (await asyncio.to_thread(cfg.password_file.read_text)).strip()
-        self._session += 1
+        self._sessions.advance()
         try:
-            await asyncio.to_thread(
-                write_json, self._session_path, {"schema": 1, "session": self._session}
-            )
+            await asyncio.to_thread(self._sessions.save)
         except OSError as exc:
             self._log.warning("mqtt.session_not_saved", error=str(exc))
         will = aiomqtt.Will(self._t_avail, self._availability("offline"), qos=1, retain=True)
@@ -304,9 +300,9 @@ class MqttLink:
         if any(isinstance(g, ReasonCode) and g.is_failure for g in granted):
             self._log.error("mqtt.subscribe_refused", reasons=[str(g) for g in granted])
         self._connected = True
-        self._unreachable = None
+        self._condition.connected()
         self._last_drop_report = -DROP_REPORT_S
-        self._log.info("mqtt.connected", session=self._session, pending=len(self._outbox))
+        self._log.info("mqtt.connected", session=self.session, pending=len(self._outbox))
         self._report()
         loop = asyncio.get_running_loop()
         # A conflicting client kicks us within its own backoff (<= max_backoff_s): a
@@ -393,30 +389,16 @@ class MqttLink:
             self._log.error("mqtt.command_handler_failed", error=repr(exc))
 
     def _check_availability(self, payload: bytes) -> None:
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            return
-        if not isinstance(doc, dict) or doc.get("state") != "offline":
-            return
-        session = doc.get("session")
-        # A late will of an earlier connection (retained or not) would mark us offline.
-        if type(session) is int and session < self._session and not self._stopping:
-            self._log.info("mqtt.self_heal", stale_session=session, session=self._session)
+        stale = stale_offline(payload, self.session)
+        if stale is not None and not self._stopping:
+            self._log.info("mqtt.self_heal", stale_session=stale, session=self.session)
             self._republish_online = True
             self._wake.set()
 
     # -- bookkeeping -----------------------------------------------------------------------
 
     def _availability(self, state: str) -> bytes:
-        return encode({"state": state, "session": self._session, "ts": iso(self._now())})
-
-    def _load_session(self) -> int:
-        try:
-            session = json.loads(self._session_path.read_bytes())["session"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
-        return session if type(session) is int and session >= 0 else 0
+        return availability(state, self.session, self._now())
 
     def _schedule_sync(self, *, urgent: bool) -> None:
         try:
@@ -450,7 +432,7 @@ class MqttLink:
 
     def _failed(self, code: str, message: str) -> None:
         self._log.warning("mqtt.connect_failed", code=code, error=message)
-        self._unreachable = (code, message)
+        self._condition.connect_failed(code, message)
         self._report()
 
     def _lost(self, errors: list[BaseException], lasted: float) -> None:
@@ -459,41 +441,27 @@ class MqttLink:
         causes = [e.__cause__ if isinstance(e.__cause__, Exception) else e for e in errors]
         codes = [getattr(c, "rc", None) for c in causes]
         self._log.warning("mqtt.lost", error=str(causes[0]), after_s=round(lasted, 2))
+        taken_over = any(
+            isinstance(rc, ReasonCode) and rc.value == SESSION_TAKEN_OVER for rc in codes
+        )
         now = asyncio.get_running_loop().time()
-        if any(isinstance(rc, ReasonCode) and rc.value == SESSION_TAKEN_OVER for rc in codes):
-            self._conflict = "session taken over by another client with this UID (0x8E)"
-        elif lasted < QUICK_DROP_S:
-            self._quick_drops.append(now)
-            while self._quick_drops[0] < now - QUICK_DROP_WINDOW_S:
-                self._quick_drops.popleft()
-            if len(self._quick_drops) >= QUICK_DROPS:
-                self._conflict = (
-                    f"connection dropped {len(self._quick_drops)} times within "
-                    f"{QUICK_DROP_S:.0f} s of connecting: another host may share UID {self._uid}"
-                )
+        self._condition.lost(taken_over=taken_over, lasted=lasted, now=now)
         self._report()
 
     def _calm(self) -> None:
-        if self._connected and self._conflict is not None:
+        if self._condition.calm() and self._connected:
             self._log.info("mqtt.uid_conflict_cleared")
-        self._conflict = None
-        self._quick_drops.clear()
         self._report()
 
     def _report(self) -> None:
-        error: tuple[str, str] | None = None
-        if self._conflict is not None:
-            error = ("uid_conflict", self._conflict)
-        elif self._unreachable is not None and not self._connected:
-            error = self._unreachable
-        before, self._error = self._error, error
-        code = error[0] if error else None
-        if code == (before[0] if before else None):
-            return  # only a change of condition is news; the message may vary per attempt
+        # Only a change of condition is news; the message may vary per attempt.
+        if not self._condition.assess(connected=self._connected):
+            return
+        code, message = self._condition.error or (None, None)
         if code == "uid_conflict":
-            self._log.error("mqtt.uid_conflict", message=self._conflict)
+            self._log.error("mqtt.uid_conflict", message=message)
         if self._on_link_error is not None:
-            self._on_link_error(code, error[1] if error else None)
+            self._on_link_error(code, message)
 
 
 def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:

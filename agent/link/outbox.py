@@ -1,12 +1,12 @@
 """The bounded on-disk FIFO of QoS 1 messages that survives agent restarts (contract §3).
 
-`directory/log` is one append-only file of records `[len u32][crc32 u32][body]`, a body being
-a message (kind, id, seq, subtopic, payload) or a tombstone naming ids that left, acknowledged
-by the broker (`ack`, after its PUBACK) or dropped. Opening replays the log and stops at the
-first record cut short or failing its CRC (a crash mid-append tears only the tail), truncating
-the file there. One file, so one descriptor per agent. Once dead bytes (messages gone,
-tombstones) outweigh the live ones, the log is rewritten, or just truncated when nothing is
-live, so it stays under about twice `max_bytes`.
+`directory/log` is one append-only file of records (the format is `agent.link.outboxlog`'s):
+messages, and tombstones naming ids that left, acknowledged by the broker (`ack`, after its
+PUBACK) or dropped. Opening replays the log and stops at the first record cut short or
+failing its CRC (a crash mid-append tears only the tail), truncating the file there. One
+file, so one descriptor per agent. Once dead bytes (messages gone, tombstones) outweigh the
+live ones, the log is rewritten, or just truncated when nothing is live, so it stays under
+about twice `max_bytes`.
 
 Durability: `put` hands the record to the kernel before returning, so it survives a crash of
 the agent. Nothing fsyncs on the hot path: the owner runs the function `begin_sync()` returns
@@ -24,23 +24,30 @@ incoming message that would itself be next is not stored. `take_drops()` counts 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import struct
 import sys
 import time
-import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.link.messages import Kind, Outgoing
+from agent.link.outboxlog import (
+    KINDS,
+    Message,
+    Tombstone,
+    datasync_job,
+    encode_message,
+    encode_tombstone,
+    head_size,
+    open_log,
+    pread_exact,
+    rewrite,
+    scan,
+    write_record,
+)
 
-_HEADER = struct.Struct("<II")  # body length, crc32(body)
-_MESSAGE = struct.Struct("<BQqB")  # kind code, id, seq, subtopic length
-_TOMBSTONE = 0x80
-_CODES: tuple[Kind, ...] = (Kind.STATUS, Kind.NODEADM_EVENT, Kind.EVENT, Kind.REPLY)
 COMPACT_MIN_BYTES = 256 * 1024
 MEMORY_TAIL_BYTES = 1024 * 1024
 RETRY_STORAGE_S = 5.0
@@ -61,10 +68,7 @@ class _Rec:
 
 
 def _encode(rec: _Rec, payload: bytes) -> bytes:
-    sub = rec.subtopic.encode()
-    body = b"".join((_MESSAGE.pack(_CODES.index(rec.kind) + 1, rec.id, rec.seq, len(sub)), sub))
-    body += payload
-    return _HEADER.pack(len(body), zlib.crc32(body)) + body
+    return encode_message(rec.kind, rec.id, rec.seq, rec.subtopic, payload)
 
 
 class Outbox:
@@ -84,7 +88,7 @@ class Outbox:
         self._memory_cap = min(memory_tail_bytes, max_bytes)
         self._retry_s, self._clock = retry_storage_s, clock
         self._index: OrderedDict[int, _Rec] = OrderedDict()
-        self._classes: dict[Kind, deque[int]] = {kind: deque() for kind in _CODES}
+        self._classes: dict[Kind, deque[int]] = {kind: deque() for kind in KINDS}
         self._drops: dict[Kind, int] = {}
         self._live = self._disk_live = self._memory = 0
         self._end = 0  # logical end of `log`; bytes past it are debris of a failed write
@@ -116,7 +120,7 @@ class Outbox:
         if msg.kind not in self._classes:
             raise ValueError(f"{msg.kind} messages are never queued")
         sub = sys.intern(msg.subtopic)  # a handful of distinct strings shared by every record
-        head = _HEADER.size + _MESSAGE.size + len(sub.encode())
+        head = head_size(sub)
         rec = _Rec(self._next_id, msg.kind, msg.seq, sub, head + len(msg.payload), head)
         self._next_id += 1
         to_disk = self._disk_usable()
@@ -175,20 +179,7 @@ class Outbox:
         if not self._dirty or self._fd is None:
             return None
         self._dirty = False
-        try:
-            fd = os.dup(self._fd)
-        except OSError:
-            return None
-
-        def sync() -> None:
-            try:
-                os.fdatasync(fd)
-            except OSError:
-                pass  # a failing disk shows up on the next write as storage_error
-            finally:
-                os.close(fd)
-
-        return sync
+        return datasync_job(self._fd)
 
     def sync(self) -> None:
         job = self.begin_sync()
@@ -205,14 +196,9 @@ class Outbox:
     # -- opening and replay ----------------------------------------------------------------
 
     def _open(self) -> None:
-        log = self.directory / "log"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            created = not log.exists()
-            self._fd = os.open(log, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = open_log(self.directory)
             self._replay()
-            if created:
-                _fsync_dir(self.directory)
         except OSError as exc:
             # An unusable state dir must not stop the agent: it runs on a memory-only outbox
             # for this process's lifetime (a later retry could only half-load the log).
@@ -226,44 +212,24 @@ class Outbox:
     def _replay(self) -> None:
         assert self._fd is not None
         size = os.fstat(self._fd).st_size
-        data = memoryview(_pread_exact(self._fd, size, 0))
-        pos = 0
-        while pos + _HEADER.size <= size:
-            length, crc = _HEADER.unpack_from(data, pos)
-            end = pos + _HEADER.size + length
-            if length == 0 or end > size:
-                break
-            body = data[pos + _HEADER.size : end]
-            if zlib.crc32(body) != crc or not self._replay_record(body, pos):
-                break
-            pos = end
-        if pos < size:
-            self.torn_bytes = size - pos
-            os.ftruncate(self._fd, pos)
-        self._end = pos
+        end = 0  # past the last good record, once the loop is done
+        for end, record in scan(memoryview(pread_exact(self._fd, size, 0))):
+            self._replay_record(record, end)
+        if end < size:
+            self.torn_bytes = size - end
+            os.ftruncate(self._fd, end)
+        self._end = end
 
-    def _replay_record(self, body: memoryview, offset: int) -> bool:
-        if body[0] == _TOMBSTONE:
-            if (len(body) - 1) % 8:
-                return False
-            for (ident,) in struct.iter_unpack("<Q", body[1:]):
+    def _replay_record(self, record: Message | Tombstone, end: int) -> None:
+        if isinstance(record, Tombstone):
+            for ident in record.ids:
                 if ident in self._index:
                     self._remove(ident)
-            return True
-        if len(body) < _MESSAGE.size or not 1 <= body[0] <= len(_CODES):
-            return False
-        code, ident, seq, sublen = _MESSAGE.unpack_from(body)
-        if _MESSAGE.size + sublen > len(body):
-            return False
-        try:
-            sub = sys.intern(bytes(body[_MESSAGE.size : _MESSAGE.size + sublen]).decode())
-        except UnicodeDecodeError:
-            return False
-        self._next_id = max(self._next_id, ident + 1)
-        if ident not in self._index:
-            head, size = _HEADER.size + _MESSAGE.size + sublen, _HEADER.size + len(body)
-            self._add(_Rec(ident, _CODES[code - 1], seq, sub, size, head, offset))
-        return True
+            return
+        self._next_id = max(self._next_id, record.id + 1)
+        if record.id not in self._index:
+            kind, seq, sub = record.kind, record.seq, record.subtopic
+            self._add(_Rec(record.id, kind, seq, sub, record.size, record.head, end - record.size))
 
     # -- index, room and drops -------------------------------------------------------------
 
@@ -347,9 +313,8 @@ class Outbox:
     def _tombstone(self, ids: list[int]) -> None:
         if self.storage_error is not None or self._fd is None:
             return  # without a tombstone a restart may bring them back: harmless
-        body = bytes([_TOMBSTONE]) + struct.pack(f"<{len(ids)}Q", *ids)
         try:
-            self._append(_HEADER.pack(len(body), zlib.crc32(body)) + body)
+            self._append(encode_tombstone(ids))
         except OSError as exc:
             self._fail(exc)
 
@@ -358,13 +323,7 @@ class Outbox:
     def _append(self, record: bytes) -> int:
         assert self._fd is not None
         offset = self._end
-        try:
-            _pwrite_all(self._fd, record, offset)
-        except OSError:
-            # Leave no torn record behind: the next append goes at `offset` again anyway.
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, offset)
-            raise
+        write_record(self._fd, record, offset)
         self._end = offset + len(record)
         self._dirty = True
         return offset
@@ -411,20 +370,9 @@ class Outbox:
             return
         recs = [rec for rec in self._index.values() if rec.offset >= 0]
         data = b"".join(self._read(recs))
-        tmp = self.directory / "log.tmp"
-        fd = -1
-        try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            _pwrite_all(fd, data, 0)
-            os.fsync(fd)
-            os.replace(tmp, self.directory / "log")
-        except OSError:
-            if fd >= 0:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        fd = rewrite(self.directory, data)
+        if fd is None:
             return  # the old log is intact; try again after the next ack
-        _fsync_dir(self.directory)
         os.close(self._fd)
         self._fd, self._end, self._dirty, pos = fd, len(data), False, 0
         for rec in recs:
@@ -439,7 +387,7 @@ class Outbox:
             if run and self._fd is not None:
                 start = run[0].offset
                 view = memoryview(
-                    _pread_exact(self._fd, run[-1].offset + run[-1].size - start, start)
+                    pread_exact(self._fd, run[-1].offset + run[-1].size - start, start)
                 )
                 out.extend(view[r.offset - start : r.offset - start + r.size] for r in run)
             run.clear()
@@ -455,28 +403,3 @@ class Outbox:
             run.append(rec)
         flush()
         return out
-
-
-def _pread_exact(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset) if size else b""
-    if len(data) != size:
-        raise OSError(errno.EIO, f"outbox log shorter than its index ({len(data)} < {size})")
-    return data
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view, done = memoryview(data), 0
-    while done < len(data):
-        written = os.pwrite(fd, view[done:], offset + done)
-        if written <= 0:
-            raise OSError(errno.EIO, "short write")
-        done += written
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -1,0 +1,132 @@
+"""The broker link's bookkeeping, apart from the connection: what it reports and remembers.
+
+`LinkCondition` turns what happened to the connections (a failed connect, a connection lost
+soon after its CONNACK or taken over with reason 0x8E, a long calm one) into the link's
+``last_error`` condition: `broker_unreachable` or `broker_refused` while not connected, and
+`uid_conflict` (another client keeps taking our session) over both; it says when the
+condition changed, which is all the link reports. `SessionCounter` keeps the availability
+`session` number in ``state_dir/mqtt-session.json`` across restarts, and the availability
+helpers build and read the retained `online`/`offline` payloads. No aiomqtt here: the link
+(`agent.link.mqtt`) reads the broker's reason codes and passes in the clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+
+from agent.core.timefmt import iso
+from agent.link.messages import encode
+from agent.state.atomic import write_json
+
+SESSION_FILE = "mqtt-session.json"
+QUICK_DROP_S = 10.0  # a connection lost this soon after CONNACK counts toward uid_conflict
+QUICK_DROPS = 3
+QUICK_DROP_WINDOW_S = 300.0
+
+
+class LinkCondition:
+    """The link's current trouble as `(code, message)` in `error`, None when healthy.
+
+    The events below record what happened; `assess(connected=...)` recomputes `error` and
+    answers whether its code changed (the message may vary per attempt, which is no news).
+    """
+
+    def __init__(self, uid: str) -> None:
+        self._uid = uid
+        self.error: tuple[str, str] | None = None
+        self.conflict: str | None = None
+        self._unreachable: tuple[str, str] | None = None
+        self._quick_drops: deque[float] = deque()
+
+    def connect_failed(self, code: str, message: str) -> None:
+        """A connect attempt failed: `broker_unreachable` or `broker_refused`."""
+        self._unreachable = (code, message)
+
+    def connected(self) -> None:
+        self._unreachable = None
+
+    def lost(self, *, taken_over: bool, lasted: float, now: float) -> None:
+        """A connection ended after `lasted` seconds; `taken_over`: reason code 0x8E.
+
+        Without MQTT 5's reason code (3.1.1, or a broker that omits it) another client with
+        our UID shows only as connections dropped soon after they came up, again and again.
+        """
+        if taken_over:
+            self.conflict = "session taken over by another client with this UID (0x8E)"
+        elif lasted < QUICK_DROP_S:
+            self._quick_drops.append(now)
+            while self._quick_drops[0] < now - QUICK_DROP_WINDOW_S:
+                self._quick_drops.popleft()
+            if len(self._quick_drops) >= QUICK_DROPS:
+                self.conflict = (
+                    f"connection dropped {len(self._quick_drops)} times within "
+                    f"{QUICK_DROP_S:.0f} s of connecting: another host may share UID {self._uid}"
+                )
+
+    def calm(self) -> bool:
+        """A connection outlived any conflicting client's backoff: forget the conflict.
+
+        True when there was one to forget.
+        """
+        had = self.conflict is not None
+        self.conflict = None
+        self._quick_drops.clear()
+        return had
+
+    def assess(self, *, connected: bool) -> bool:
+        """Recompute `error`; True when its code changed (including to or from healthy)."""
+        error: tuple[str, str] | None = None
+        if self.conflict is not None:
+            error = ("uid_conflict", self.conflict)
+        elif self._unreachable is not None and not connected:
+            error = self._unreachable
+        before, self.error = self.error, error
+        return (error[0] if error else None) != (before[0] if before else None)
+
+
+class SessionCounter:
+    """The availability `session` number: raised on every connect, kept across restarts.
+
+    A missing or unreadable file starts again from 0. `save()` writes the file atomically
+    and blocks: the link runs it off the event loop.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / SESSION_FILE
+        self.value = self._load()
+
+    def advance(self) -> int:
+        self.value += 1
+        return self.value
+
+    def save(self) -> None:
+        write_json(self.path, {"schema": 1, "session": self.value})
+
+    def _load(self) -> int:
+        try:
+            session = json.loads(self.path.read_bytes())["session"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+        return session if type(session) is int and session >= 0 else 0
+
+
+def availability(state: str, session: int, now: float) -> bytes:
+    """The retained availability payload: `state` ("online"/"offline") of `session`."""
+    return encode({"state": state, "session": session, "ts": iso(now)})
+
+
+def stale_offline(payload: bytes, session: int) -> int | None:
+    """The session of an `offline` availability from before `session`, else None.
+
+    A late will of an earlier connection (retained or not) would mark us offline.
+    """
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("state") != "offline":
+        return None
+    stale = doc.get("session")
+    return stale if type(stale) is int and stale < session else None
