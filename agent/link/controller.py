@@ -42,6 +42,7 @@ from agent.core.controller_policy import (
     slow_delay,
     status_verdict,
 )
+from agent.link.tls import client_context
 from agent.state.atomic import write_bytes
 
 __all__ = ["AssignmentFetch", "ControllerClient", "ControllerError", "Reauth", "Registration"]
@@ -451,9 +452,7 @@ class ControllerClient:
         if self.insecure:
             return None
         try:
-            context = ssl.create_default_context(cafile=cfg.ca_file)
-            if cfg.client_cert_file is not None:
-                context.load_cert_chain(cfg.client_cert_file, cfg.client_key_file)
+            context = client_context(cfg.ca_file, cfg.client_cert_file, cfg.client_key_file)
         except (OSError, ValueError) as e:
             msg = f"cannot load the controller TLS files: {e}"
             raise ControllerError("registration_failed", msg, slow=True) from e

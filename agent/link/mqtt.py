@@ -44,6 +44,7 @@ from agent.link.linkstate import (
 )
 from agent.link.messages import Kind, Outgoing, describe_drops, encode, is_queued
 from agent.link.outbox import Outbox
+from agent.link.tls import client_context
 
 SESSION_TAKEN_OVER = 0x8E
 WINDOW = 20  # QoS 1 publishes in flight: paho's default and Mosquitto's receive maximum
@@ -465,11 +466,7 @@ class MqttLink:
 
 
 def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-    if cfg.client_cert_file is not None:
-        key = str(cfg.client_key_file) if cfg.client_key_file else None
-        ctx.load_cert_chain(str(cfg.client_cert_file), key)
-    return ctx
+    return client_context(cfg.ca_file, cfg.client_cert_file, cfg.client_key_file)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
