@@ -189,6 +189,13 @@ class HostEnv:
             f"phase {phase!r} not reached; last status {st}; output tail:\n{self.output()[-3000:]}"
         )
 
+    def running_nodeadm_pid(self, step: str, timeout: float = 15) -> int:
+        """The pid of the stand-in while it runs ``step`` (it keeps a pid file meanwhile)."""
+        pid_file = layout.under(self.root, f"{layout.RUN_DIR}/nodeadm-{step}.pid")
+        text = self.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout)
+        assert text, f"nodeadm {step} is not running"
+        return int(text)
+
     def nodeadm_calls(self, sub: str | None = None) -> list[list[str]]:
         calls = [c["argv"] for c in layout.calls(self.root, "nodeadm")]
         return [c for c in calls if sub is None or (c and c[0] == sub)]
@@ -201,3 +208,16 @@ class HostEnv:
                 return v
             time.sleep(0.1)
         return pred()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -20,7 +20,7 @@ from typing import Any
 from devtools.commander import FINAL_STATES
 from devtools.fakehost import layout
 from tests.e2e.conftest import Site, SiteFactory
-from tests.support import assignment
+from tests.support import assignment, process_alive
 
 STATUS_KEYS = {
     "uid", "agent_version", "mode", "phase", "phase_since", "ts", "seq", "kubernetes_version",
@@ -236,18 +236,6 @@ def test_join_upgrade_and_uninstall_by_command(site_factory: SiteFactory) -> Non
     assert st["phase"] == "uninstalled" and st["kubernetes_version"] is None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _group_alive(pgid: int) -> bool:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -286,7 +274,7 @@ def test_cancel_of_a_running_join_ends_its_nodeadm(site_factory: SiteFactory) ->
     final = s.cmd.final_reply(join_id, 15)
     assert final is not None and final["state"] == "canceled", final
     assert s.host.wait_for(lambda: not _group_alive(pgid), 10), "nodeadm's process group lives on"
-    assert not _alive(pid)
+    assert not process_alive(pid)
     finals = [r for r in s.cmd.replies(join_id) if r["state"] in FINAL_STATES]
     assert len(finals) == 1
     # A canceled step is not retried by itself.

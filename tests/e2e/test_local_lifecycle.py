@@ -18,7 +18,7 @@ import yaml
 
 from devtools.fakehost import layout
 from devtools.fakehost.hosttree import make_host
-from tests.support import ACTIVATION_CODE, ROOT, HostEnv, assignment
+from tests.support import ACTIVATION_CODE, ROOT, HostEnv, assignment, process_alive
 
 
 def test_joins_from_a_local_assignment_and_stops_cleanly(tmp_path: Path) -> None:
@@ -66,15 +66,14 @@ def test_sigkill_while_install_hangs_ends_the_orphan_and_rejoins(tmp_path: Path)
     )
     h.start()
     h.wait_phase("installing", 30)
-    pid_file = layout.under(h.root, f"{layout.RUN_DIR}/nodeadm-install.pid")
-    orphan = int(h.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 15))
+    orphan = h.running_nodeadm_pid("install")
     h.kill()
     os.kill(orphan, 0)  # the hanging nodeadm outlived the agent
     assert layout.under(h.root, layout.DPKG_UPDATES).is_dir()
     h.start()
     st = h.wait_phase("joined", 40)
     assert st["phase"] == "joined"
-    assert not _alive(orphan), "the orphaned nodeadm was not ended"
+    assert not process_alive(orphan), "the orphaned nodeadm was not ended"
     installs = h.nodeadm_calls("install")
     assert len(installs) == 2  # the hung one, and exactly one re-run
     dpkg = [c["argv"] for c in layout.calls(h.root, "dpkg")]
@@ -82,18 +81,6 @@ def test_sigkill_while_install_hangs_ends_the_orphan_and_rejoins(tmp_path: Path)
         "an interrupted dpkg must be repaired before re-running install"
     )
     assert h.stop() == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_nodeadm_failure_is_classified_and_retried(tmp_path: Path) -> None:
@@ -163,10 +150,9 @@ def test_sigterm_during_install_ends_it_and_the_next_start_resumes(tmp_path: Pat
     )
     h.start()
     h.wait_phase("installing", 30)
-    pid_file = layout.under(h.root, f"{layout.RUN_DIR}/nodeadm-install.pid")
-    hung = int(h.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 15))
+    hung = h.running_nodeadm_pid("install")
     assert h.stop(signal.SIGTERM) == 0
-    assert not _alive(hung), "SIGTERM must end the running nodeadm step's process group"
+    assert not process_alive(hung), "SIGTERM must end the running nodeadm step's process group"
     assert h.status()["phase"] == "installing"  # recorded, so the next start resumes it
     h.start()
     h.wait_phase("joined", 40)
