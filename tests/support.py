@@ -52,6 +52,10 @@ def assignment(**over: Any) -> dict[str, Any]:
     return a
 
 
+# Every HostEnv made in this test process, so a fixture can stop the agents a failed test left.
+STARTED: list[HostEnv] = []
+
+
 class HostEnv:
     """One host: tree under ``tmp/host``, fake programs, state dir, config; the agent process."""
 
@@ -121,6 +125,7 @@ class HostEnv:
             cwd=ROOT,
         )
         out.close()
+        STARTED.append(self)
         return self.proc
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
@@ -221,3 +226,19 @@ def process_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def stop_all_started() -> None:
+    """Kill what tests left running: the agents, and any nodeadm stand-in they started."""
+    while STARTED:
+        env = STARTED.pop()
+        if env.proc is not None and env.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(env.proc.pid, signal.SIGKILL)
+            env.proc.wait(5)
+        for pid_file in layout.under(env.root, layout.RUN_DIR).glob("nodeadm-*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(pid_file.read_text().strip())
+                # A stale pid file may name a reused pid: only ever kill our stand-in.
+                if b"fakehost" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.killpg(pid, signal.SIGKILL)

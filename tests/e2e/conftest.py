@@ -29,7 +29,7 @@ from devtools.commander import Commander
 from devtools.controller import Controller
 from devtools.fakehost import layout
 from devtools.signer import CommandSigner
-from tests.support import HostEnv, assignment
+from tests.support import HostEnv, assignment, stop_all_started
 
 REGISTRATION_TOKEN_PREFIX = "regtoken-"
 
@@ -223,3 +223,10 @@ def site_factory(tmp_path: Path) -> Iterator[SiteFactory]:
 def site(site_factory: SiteFactory) -> Site:
     """The default site, agent started: it registers and joins by itself."""
     return site_factory()
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_agents() -> Iterator[None]:
+    """A test that fails half-way must not leave its agent (or a hung nodeadm) running."""
+    yield
+    stop_all_started()
