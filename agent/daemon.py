@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import random
@@ -32,12 +33,13 @@ from agent.core.assignment import Assignment, AssignmentError, parse_assignment
 from agent.core.config import Config, ConfigError, ConfigMissing, load_config
 from agent.core.monotonic import NeverBackwardsClock
 from agent.core.timefmt import iso
+from agent.driver import Adopt
 from agent.host.hostroot import HostRoot, arch, derive_uid
 from agent.host.metrics import HealthSampler, host_addresses
 from agent.host.notify import Heartbeats, Notifier, watchdog_interval, watchdog_loop
 from agent.logs import LevelHolder, make_logger
 from agent.state.atomic import write_json
-from agent.state.store import StateStore
+from agent.state.store import RECOVER_FROM_HOST, HostFacts, StateStore, recovered_state
 from agent.status import build_status
 from agent.work import AgentWork
 
@@ -78,6 +80,10 @@ class Agent(AgentWork):
         self.wall = wall
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.started = time.monotonic()
+        # Before the logger: its redactor asks secrets(), which reads these, and the first
+        # lines (a damaged state file) are logged before the links exist.
+        self.link: Any = None
+        self.controller: Any = None
         self.host = HostRoot(config.host.root)
         self.store = StateStore(config.state_dir)
         self.store.ensure_dir()
@@ -85,6 +91,10 @@ class Agent(AgentWork):
         self.last_checks: list[dict[str, Any]] = loaded.checks
         self.last_checks_ts = loaded.checks_ts
         self.extra: dict[str, Any] = loaded.extra
+        if loaded.lost:
+            # Kept in the state until the host has been asked, so a restart before the
+            # assignment arrives still asks rather than re-running finished steps.
+            self.extra[RECOVER_FROM_HOST] = True
         self.uid = derive_uid(config.host.uid, self.host, config.state_dir)
         self.level = LevelHolder(config.log.level)
         self.log = make_logger(
@@ -113,11 +123,13 @@ class Agent(AgentWork):
         self.sync_event = asyncio.Event()
         self._lifecycle: asyncio.Task[Any] | None = None
         self.sampler: HealthSampler | None = None
-        self.link: Any = None
-        self.controller: Any = None
         self.nodeadm_version: str | None = self.extra.get("nodeadm_version")
         self.problems = loaded.problems
-        self.storage_error: str | None = None
+        self.storage_error: str | None = None  # the latest failed write to state_dir
+        self._storage: lc.LastError | None = None
+        self._outbox_storage: lc.LastError | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._held: Assignment | None = None
         policy = lc.Policy(
             auto_join=config.join.auto,
             appliance=config.host.mode == "appliance",
@@ -214,16 +226,63 @@ class Agent(AgentWork):
 
     def publish_status(self) -> None:
         status = self.status()
+        path = self.config.state_dir / "status.json"
         try:
-            write_json(self.config.state_dir / "status.json", status, 0o644)
+            write_json(path, status, 0o644)
         except OSError as e:
-            self.storage_error = f"cannot write status: {e.strerror}"
+            if self.storage_failed("cannot write the status", e):
+                status = self.status()  # this one already says so
+        else:
+            if self.storage_recovered():
+                status = self.status()
+                with contextlib.suppress(OSError):
+                    write_json(path, status, 0o644)
         if self.link is not None:
             from agent.link.messages import Kind
 
             self.link.send(Kind.STATUS, "status", status)
         self.last_status_at = time.monotonic()
         self.notifier.status(str(self.driver.state.phase))
+
+    # ---- a state disk that cannot be written ---------------------------------------------
+    def storage_failed(self, what: str, e: OSError) -> bool:
+        """Note a failed write to ``state_dir``; True when this is news for the status.
+
+        The agent goes on (memory holds what the disk cannot); the status says so through
+        ``last_error`` until a write succeeds again.
+        """
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        code = "state_storage_full" if full else "state_storage_failed"
+        message = f"{what} in {self.config.state_dir}: {e.strerror or e}"
+        self.storage_error = message
+        if self._storage is not None and self._storage.code == code:
+            return False
+        self._storage = lc.LastError(code, message, self.now())
+        self.log.error("state.storage_failed", code=code, error=message)
+        return True
+
+    def storage_recovered(self) -> bool:
+        """A write to ``state_dir`` succeeded; True when that ends a failure."""
+        self.storage_error = None
+        if self._storage is None:
+            return False
+        self.log.info("state.storage_recovered", was=self._storage.message)
+        self._storage = None
+        return True
+
+    def storage_problem(self) -> lc.LastError | None:
+        """For the status: the agent's own failed writes, else the outbox's."""
+        if self._storage is not None:
+            return self._storage
+        text = getattr(getattr(self.link, "outbox", None), "storage_error", None)
+        if not text:
+            self._outbox_storage = None
+            return None
+        if self._outbox_storage is None or self._outbox_storage.message != text:
+            full = any(os.strerror(n) in text for n in (errno.ENOSPC, errno.EDQUOT))
+            code = "state_storage_full" if full else "state_storage_failed"
+            self._outbox_storage = lc.LastError(code, str(text), self.now())
+        return self._outbox_storage
 
     # ---- the daemon ----------------------------------------------------------------------
     async def run(self) -> int:
@@ -233,6 +292,10 @@ class Agent(AgentWork):
             self.link = self.make_link()
         if cfg.controller is not None:
             self.controller = self.make_controller()
+        for problem in self.problems:
+            # Said once per start, as an event too: the controller must learn that this
+            # host's state was damaged, not only whoever reads the journal.
+            self.emit("error", {"code": "state_corrupt", "message": problem})
         self.publish_status()
         self.notifier.ready(status=str(self.driver.state.phase))
         self.log.info(
@@ -311,6 +374,9 @@ class Agent(AgentWork):
         if self._lifecycle is not None:
             self._lifecycle.cancel()
             await asyncio.wait([self._lifecycle])
+        if self._recovery is not None:
+            self._recovery.cancel()  # the marker stays in the state: the next start asks
+            await asyncio.wait([self._recovery])
         self.driver.cancel_work()
         await self.dispatcher.close()
         if self.link is not None:
@@ -319,10 +385,17 @@ class Agent(AgentWork):
         raise _Stop
 
     async def _close(self) -> None:
+        if self.link is not None:
+            self.link.close()  # releases the outbox file once run() has returned
         if self.controller is not None:
             with contextlib.suppress(Exception):
                 await self.controller.aclose()
-        self.clock.flush()
+        try:
+            self.clock.flush()
+        except OSError as e:
+            # A full state disk must not turn a clean stop into a crash; the clock file
+            # keeps an earlier time, which the ledger's skew margin covers.
+            self.log.warning("clock.not_saved", error=str(e))
         self.ledger.close()
         self.persist(self.driver.state)
         self.notifier.close()
@@ -374,8 +447,45 @@ class Agent(AgentWork):
             self.emit("error", {"code": "bad_assignment", "message": str(e)})
             self.driver.post(lc.AssignmentInvalid(str(e)))
             return None
+        if self._must_recover():
+            self._held = a  # the latest offered is the one acted on once the host is asked
+            if self._recovery is None:
+                self._recovery = asyncio.get_running_loop().create_task(
+                    self.recover_from_host(), name="recover-from-host"
+                )
+            return a
         self.driver.post(lc.AssignmentArrived(a))
         return a
+
+    def _must_recover(self) -> bool:
+        st = self.driver.state
+        return (
+            bool(self.extra.get(RECOVER_FROM_HOST))
+            and st.assignment is None
+            and st.phase in (lc.Phase.STARTING, lc.Phase.REGISTERING, lc.Phase.AWAITING_ASSIGNMENT)
+        )
+
+    async def recover_from_host(self) -> None:
+        """The state was lost: ask the host what is already done before acting on the
+        assignment, so finished steps are not run again (rule: `recovered_state`)."""
+        a = self._held
+        assert a is not None
+        try:
+            kubelet = (await self.service_states(("kubelet",)))["kubelet"]
+            node = self.host.ssm_node_name() if a.credential_provider == "ssm" else None
+            facts = HostFacts(self.host.tracker_present(), kubelet, node or a.node_name_hint)
+        except Exception as e:  # noqa: BLE001 - without facts, a fresh join is still right
+            self.log.error("state.host_facts_failed", error=str(e))
+            facts = HostFacts(tracker=False, kubelet="unknown", node_name=None)
+        now = self.now()
+        _, reason = recovered_state(self.driver.state, a, facts, now)
+        self.log.warning("state.recovered_from_host", reason=reason)
+        self.emit("error", {"code": "state_lost", "message": f"the state was lost; {reason}"})
+        self.extra.pop(RECOVER_FROM_HOST, None)
+        self.driver.post(Adopt(lambda st: recovered_state(st, a, facts, now)[0]))
+        assert self._held is not None
+        self.driver.post(lc.AssignmentArrived(self._held))
+        self._recovery = None
 
     def offer_assignment_file(self) -> None:
         path = self.config.assignment_file

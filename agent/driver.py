@@ -12,11 +12,21 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.core import lifecycle as lc
 from agent.core.checks import CheckResult
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Rebuild the state outside the machine's rules: a lost state recovered from the host's
+    facts (agent/state/store.py). ``rebuild`` gets the state current when the event is taken,
+    so nothing posted before it is lost."""
+
+    rebuild: Callable[[lc.State], lc.State]
+
 
 StepRunner = Callable[[str, dict[str, Any], lc.State], Awaitable[lc.StepDone]]
 ChecksRunner = Callable[[lc.State], Awaitable[list[CheckResult]]]
@@ -49,14 +59,14 @@ class LifecycleDriver:
         self._now = now
         self._log = log
         self._heartbeat = heartbeat
-        self._events: asyncio.Queue[lc.Event] = asyncio.Queue()
+        self._events: asyncio.Queue[lc.Event | Adopt] = asyncio.Queue()
         self._pending: collections.deque[lc.Action] = collections.deque()
         self._work: asyncio.Task[None] | None = None
         self._work_name: str | None = None
         self._changed = asyncio.Condition()
 
     # ---- inputs -------------------------------------------------------------------------
-    def post(self, event: lc.Event) -> None:
+    def post(self, event: lc.Event | Adopt) -> None:
         self._events.put_nowait(event)
 
     @property
@@ -81,7 +91,7 @@ class LifecycleDriver:
             while True:
                 try:
                     async with asyncio.timeout(1.0):
-                        ev: lc.Event = await self._events.get()
+                        ev: lc.Event | Adopt = await self._events.get()
                 except TimeoutError:
                     ev = lc.Tick()
                 if self._heartbeat:
@@ -90,9 +100,15 @@ class LifecycleDriver:
         finally:
             await self._stop_work()
 
-    async def _apply(self, ev: lc.Event) -> None:
+    async def _apply(self, ev: lc.Event | Adopt) -> None:
         old = self.state
-        new, actions = lc.step(old, ev, self._now(), self.policy)
+        # An adopted state goes through the queue like any event, so it lands between two
+        # steps of the machine, is persisted, and its phase change is announced as usual.
+        new, actions = (
+            (ev.rebuild(old), [])
+            if isinstance(ev, Adopt)
+            else lc.step(old, ev, self._now(), self.policy)
+        )
         if new != old:
             self.state = new
             self._persist(new)

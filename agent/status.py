@@ -1,7 +1,10 @@
 """The Status object of contract §3, built from the lifecycle state and the last checks.
 
 Used for the retained status message, the ``get-status`` reply, and `edge-agent status`
-(which reads the persisted state when no daemon answers).
+(which reads the persisted state when no daemon answers). A state disk the agent cannot write
+(full, failing) is the agent's own trouble, not the lifecycle's: it is shown as ``last_error``
+(``state_storage_full`` / ``state_storage_failed``) unless the host has an error of its own,
+which keeps priority as it does over link errors.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ class _Source(Protocol):
 
     @property
     def lifecycle_state(self) -> lc.State: ...
+
+    def storage_problem(self) -> lc.LastError | None: ...
 
 
 def checks_object(checks: list[dict[str, Any]], ts: float | None) -> dict[str, Any] | None:
@@ -46,9 +51,12 @@ def status_from(
     ts: str,
     nodeadm_version: str | None,
     checks: dict[str, Any] | None,
+    storage: lc.LastError | None = None,
 ) -> dict[str, Any]:
     a = state.assignment
     le = state.last_error
+    if storage is not None and (le is None or le.code in lc.LINK_CODES):
+        le = storage
     return {
         "uid": uid,
         "agent_version": __version__,
@@ -77,4 +85,5 @@ def build_status(src: _Source, *, seq: int, ts: str) -> dict[str, Any]:
         ts=ts,
         nodeadm_version=src.nodeadm_version,
         checks=checks_object(src.last_checks, src.last_checks_ts),
+        storage=src.storage_problem(),
     )

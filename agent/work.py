@@ -72,6 +72,8 @@ class AgentWork:
     on_controller_recovered: Callable[[], None]
     register_body: Callable[[], dict[str, Any]]
     note_registered: Callable[[str], None]
+    storage_failed: Callable[[str, OSError], bool]
+    storage_recovered: Callable[[], bool]
 
     # ---- construction -------------------------------------------------------------------
     def init_work(self, state: lc.State, policy: lc.Policy) -> None:
@@ -133,7 +135,7 @@ class AgentWork:
 
     def on_link_error(self, code: str | None, message: str | None) -> None:
         if code is None:
-            for c in ("uid_conflict", "broker_unreachable"):
+            for c in ("uid_conflict", "broker_unreachable", "broker_refused"):
                 self.driver.post(lc.ErrorCleared(c))
             return
         self.driver.post(lc.ErrorSeen(code, message or code))
@@ -141,11 +143,12 @@ class AgentWork:
     def persist(self, state: lc.State) -> None:
         try:
             self.store.save(state, self.last_checks, self.last_checks_ts, self.extra)
-            self.storage_error = None
         except OSError as e:
-            # A full state disk must not stop the agent: keep going, and say so in status.
-            self.storage_error = f"cannot save state: {e.strerror}"
-            self.log.error("state.save_failed", error=str(e))
+            # A full state disk must not stop the agent: keep going, and say so in status
+            # (every caller publishes a status after persisting, the stop excepted).
+            self.storage_failed("cannot save the state", e)
+            return
+        self.storage_recovered()
 
     # ---- lifecycle effects -----------------------------------------------------------------
     async def run_preflight(self, state: lc.State) -> list[CheckResult]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +162,16 @@ class Dispatcher:
         except LedgerFull as e:
             self._reply(env.id, env.name, "rejected", error=("busy", str(e)))
             return
+        except OSError as e:
+            # A command that cannot be recorded must not run: a repeat after a restart could
+            # not be recognised. Ask the controller to retry later, as for a full ledger.
+            self._reply(
+                env.id,
+                env.name,
+                "rejected",
+                error=("busy", f"cannot record the command in the state directory: {e.strerror}"),
+            )
+            return
         if rejection is not None:
             self._log.warning(
                 "command.rejected",
@@ -177,6 +188,7 @@ class Dispatcher:
         self._log.info("command.accepted", command_id=env.id, name=env.name)
         self._reply(env.id, env.name, "accepted")
         run.task = asyncio.create_task(self._execute(run, args), name=f"command-{env.name}")
+        run.task.add_done_callback(functools.partial(self._never_started, run))
 
     def _busy(self) -> str | None:
         for r in self.running.values():
@@ -246,6 +258,19 @@ class Dispatcher:
         )
         self._log.info("command.finished", command_id=env.id, name=env.name, state=state)
 
+    def _never_started(self, run: _Running, _task: asyncio.Task[None]) -> None:
+        """A task canceled before its first step never runs `_execute`: end it here."""
+        if self.running.get(run.envelope.id) is not run:
+            return  # `_execute` ran and sent the final reply
+        self.running.pop(run.envelope.id, None)
+        self._reply(
+            run.envelope.id,
+            run.spec.name,
+            "canceled",
+            error=("canceled", "canceled before it started"),
+            record=True,
+        )
+
     def cancel(self, command_id: str) -> bool:
         run = self.running.get(command_id)
         if run is None or run.task is None or run.task.done():
@@ -300,6 +325,11 @@ class Dispatcher:
         }
         if record:
             # Recorded before it is sent: a crash in between must not cause a second final reply.
-            self.ledger.record_final(command_id, reply)
+            try:
+                self.ledger.record_final(command_id, reply)
+            except OSError as e:
+                # The reply still goes out; only a repeat after a restart could not be
+                # answered from the ledger (it would find the command still "running").
+                self._log.error("ledger.final_not_saved", command_id=command_id, error=str(e))
         self._send_reply(reply)
         return reply

@@ -414,7 +414,7 @@ def _joined_assignment(
                 ),
             ), [note]
         s2, acts = _start_op(
-            replace(s, last_error=None, failures=0),
+            replace(s, last_error=_links_only(s), failures=0),
             Op.REJOIN,
             now,
             what,
@@ -444,7 +444,7 @@ def _joined_assignment(
             ),
         ), [note]
     s2, acts = _start_op(
-        replace(s, last_error=None, failures=0),
+        replace(s, last_error=_links_only(s), failures=0),
         Op.UPGRADE,
         now,
         f"upgrade {s.installed_version} -> {a.kubernetes_version}",
@@ -461,6 +461,11 @@ def _version_changed(installed: str | None, wanted: str) -> bool:
     if wanted.count(".") == 2 and installed.count(".") == 2:
         return wanted != installed
     return wanted.split(".")[:2] != installed.split(".")[:2]
+
+
+def _links_only(s: State) -> LastError | None:
+    """What is left of last_error once the host's own trouble is over: a link's error, if any."""
+    return s.last_error if s.last_error and s.last_error.code in LINK_CODES else None
 
 
 def _awaiting(s: State) -> bool:
@@ -522,7 +527,7 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
             "nodeadm init succeeded",
             node_name=ev.node_name or s.node_name,
             joined_identity=a.identity(),
-            last_error=None,
+            last_error=_links_only(s),
             failures=0,
             retry_at=None,
             op=None,
@@ -537,7 +542,7 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
             now,
             f"upgraded to Kubernetes {version}",
             installed_version=version,
-            last_error=None,
+            last_error=_links_only(s),
             failures=0,
             op=None,
             op_args={},
@@ -549,7 +554,7 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
         installed_version=None,
         joined_identity=None,
         node_name=None,
-        last_error=None,
+        last_error=_links_only(s),
         failures=0,
         retry_at=None,
     )

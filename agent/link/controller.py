@@ -203,7 +203,12 @@ class ControllerClient:
         host_token = fields.host_token
         self._secrets.add(host_token)
         if host_token != self._host_token:
-            write_bytes(self._token_path, host_token.encode(), mode=0o600)
+            try:
+                write_bytes(self._token_path, host_token.encode(), mode=0o600)
+            except OSError as e:
+                # A full state disk must not stop the agent: the token works from memory, and
+                # the next start simply registers again (registration is idempotent).
+                self._log.warning("controller.host_token_not_saved", error=str(e))
             self._host_token = host_token
         self._uid = fields.uid
         return Registration(fields.uid, host_token, fields.assignment), fields.bad_assignment

@@ -39,10 +39,18 @@ class LinkCondition:
         self.conflict: str | None = None
         self._unreachable: tuple[str, str] | None = None
         self._quick_drops: deque[float] = deque()
+        self._taken_over = False
 
     def connect_failed(self, code: str, message: str) -> None:
-        """A connect attempt failed: `broker_unreachable` or `broker_refused`."""
+        """A connect attempt failed: `broker_unreachable` or `broker_refused`.
+
+        A drop followed by a failed connect is the broker going away (a restart, an outage),
+        not another client taking our session: those drops are no evidence of a UID conflict.
+        """
         self._unreachable = (code, message)
+        self._quick_drops.clear()
+        if self.conflict is not None and not self._taken_over:
+            self.conflict = None
 
     def connected(self) -> None:
         self._unreachable = None
@@ -54,6 +62,7 @@ class LinkCondition:
         our UID shows only as connections dropped soon after they came up, again and again.
         """
         if taken_over:
+            self._taken_over = True
             self.conflict = "session taken over by another client with this UID (0x8E)"
         elif lasted < QUICK_DROP_S:
             self._quick_drops.append(now)
@@ -72,6 +81,7 @@ class LinkCondition:
         """
         had = self.conflict is not None
         self.conflict = None
+        self._taken_over = False
         self._quick_drops.clear()
         return had
 

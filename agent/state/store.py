@@ -2,8 +2,10 @@
 
 Written atomically (temp file, fsync, rename) with a schema version, and the previous good
 copy kept as ``state.json.bak``. A truncated or corrupt file is set aside and the backup used;
-if both are unreadable the agent starts from scratch and says so (the lifecycle then learns
-from the host itself: the nodeadm tracker). Nothing here is shared between agents.
+if both are unreadable the agent starts from scratch and says so (`Loaded.lost`: the daemon
+then asks the host what is already done, see ``Agent.recover_from_host``). A damaged
+``state.json`` is never rotated into the backup, so the good backup survives until a good
+state replaces it. Nothing here is shared between agents.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from agent.core import lifecycle
-from agent.core.assignment import AssignmentError, parse_assignment
+from agent.core.assignment import Assignment, AssignmentError, parse_assignment
 from agent.state.atomic import write_bytes, write_json
 
 SCHEMA_VERSION = 1
+# In `extra` while a lost state still has to be rebuilt from the host (survives a restart).
+RECOVER_FROM_HOST = "recover_from_host"
 
 
 @dataclass
@@ -32,6 +36,62 @@ class Loaded:
     checks_ts: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # what load had to recover from
+    # A state existed (a file was there) but neither copy was usable: what the agent had
+    # done is unknown, and the host must be asked before anything is re-run.
+    lost: bool = False
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the host itself shows of an earlier join (contract §6 calls these the facts)."""
+
+    tracker: bool  # nodeadm's tracker exists under the host root: an install finished
+    kubelet: str  # `systemctl is-active kubelet`
+    node_name: str | None  # the SSM managed instance id, or the IAM Roles Anywhere node name
+
+
+def recovered_state(
+    state: lifecycle.State, a: Assignment, facts: HostFacts, now: float
+) -> tuple[lifecycle.State, str]:
+    """The state of a host whose agent lost its own (both state files unreadable).
+
+    The rule: tracker present, kubelet ``active`` and a node identity (SSM registration, or
+    the IAM-RA node name) mean the host is joined: resume in ``joined`` with the assignment's
+    Kubernetes version, running nothing. The tracker alone means an install finished: record
+    the assignment's version as installed, so the join's preflight skips install and runs
+    ``nodeadm init`` only. Nothing at all: a fresh join. The tracker holds no version, so the
+    assignment's is assumed; a host installed with another version is caught by nodeadm
+    (init) or by the next upgrade, as it would be for any host.
+    """
+    seen = (
+        f"tracker {'present' if facts.tracker else 'absent'}, kubelet {facts.kubelet}, "
+        f"node {facts.node_name or 'not registered'}"
+    )
+    if facts.tracker and facts.kubelet == "active" and facts.node_name:
+        reason = f"recovered from the host ({seen}): already joined"
+        joined = replace(
+            state,
+            phase=lifecycle.Phase.JOINED,
+            phase_since=now,
+            reason=reason,
+            assignment=a,
+            op=None,
+            op_args={},
+            installed_version=a.kubernetes_version,
+            joined_identity=a.identity(),
+            node_name=facts.node_name,
+            failures=0,
+            retry_at=None,
+            unhealthy_since=None,
+        )
+        return joined, reason
+    if facts.tracker:
+        reason = (
+            f"recovered from the host ({seen}): Kubernetes {a.kubernetes_version} taken as "
+            "installed; the join runs nodeadm init only"
+        )
+        return replace(state, installed_version=a.kubernetes_version), reason
+    return state, f"nothing done on the host ({seen}): a fresh join"
 
 
 class StateStore:
@@ -39,36 +99,54 @@ class StateStore:
         self.dir = state_dir
         self.path = state_dir / "state.json"
         self.backup = state_dir / "state.json.bak"
+        # state.json failed to load: it must not become the backup at the next save.
+        self._primary_bad = False
 
     def ensure_dir(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def load(self) -> Loaded:
         problems: list[str] = []
+        found = False
         for path in (self.path, self.backup):
             try:
                 raw = path.read_bytes()
             except FileNotFoundError:
                 continue
             except OSError as e:
+                found = True
                 problems.append(f"{path.name}: cannot read ({e.strerror})")
+                self._primary_bad = self._primary_bad or path is self.path
                 continue
+            found = True
             try:
                 doc = json.loads(raw)
                 loaded = self._decode(doc)
-            except (ValueError, KeyError, TypeError, AssignmentError) as e:
+            except (
+                ValueError,  # not JSON (UnicodeDecodeError included), bad phase or number
+                KeyError,
+                TypeError,
+                AttributeError,  # valid JSON of the wrong shape: a list where a map belongs
+                RecursionError,  # absurdly nested garbage
+                AssignmentError,
+            ) as e:
                 aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
                 try:
                     shutil.copyfile(path, aside)
                 except OSError:
                     aside = path
                 problems.append(f"{path.name} is unreadable ({e}); kept a copy at {aside.name}")
+                self._primary_bad = self._primary_bad or path is self.path
                 continue
             if path is self.backup:
+                if not problems:
+                    problems.append("state.json is missing")
                 problems.append("recovered the state from state.json.bak")
             loaded.problems = problems
             return loaded
-        return Loaded(state=lifecycle.State(), problems=problems)
+        if found:
+            problems.append("no usable state: state.json and state.json.bak are both unreadable")
+        return Loaded(state=lifecycle.State(), problems=problems, lost=found)
 
     def _decode(self, doc: Any) -> Loaded:
         if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
@@ -98,17 +176,41 @@ class StateStore:
             "extra": extra,
         }
         data = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
-        if self.path.exists():
-            with contextlib.suppress(OSError):
-                os.replace(self.path, self.backup)  # the previous good copy
+        if not self._primary_bad:
+            self._keep_backup()
         write_bytes(self.path, data)
+        self._primary_bad = False
+
+    def _keep_backup(self) -> None:
+        """Make state.json.bak the current state.json (the previous good copy).
+
+        A hard link, not a rename: state.json must stay in place should the write of the new
+        one fail (a full disk), or the next start would find only the backup.
+        """
+        if not self.path.exists():
+            return
+        tmp = self.backup.with_name(f".{self.backup.name}.tmp-{os.getpid()}")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            os.link(self.path, tmp)
+            os.replace(tmp, self.backup)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            with contextlib.suppress(OSError):
+                os.replace(self.path, self.backup)  # no hard links here: rename it
 
 
 class SeqCounter:
     """One strictly increasing ``seq`` across restarts, reserving blocks to avoid a write each."""
 
     def __init__(
-        self, path: Path, block: int = 1000, writer: Callable[[Path, Any], None] = write_json
+        self,
+        path: Path,
+        block: int = 1000,
+        writer: Callable[[Path, Any], None] = write_json,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.block = block
@@ -116,15 +218,26 @@ class SeqCounter:
         try:
             start = int(json.loads(path.read_text())["next"])
         except (OSError, ValueError, KeyError, TypeError):
-            # Unknown history: start far above anything a block could have handed out before.
-            start = int(time.time() * 1000)
+            # Unknown history: start far above anything a block could have handed out before
+            # (numbers began at the clock in milliseconds, and an agent sends far fewer than
+            # a thousand messages a second).
+            start = int(clock() * 1000)
         self._next = start
         self._limit = start
         self._reserve()
 
     def _reserve(self) -> None:
         self._limit = self._next + self.block
-        self._write(self.path, {"next": self._limit})
+        try:
+            self._write(self.path, {"next": self._limit})
+        except OSError:
+            # A full or failing state disk must not stop the agent from numbering messages.
+            # The file now holds a limit below the numbers about to be handed out, so it is
+            # removed (unlinking needs no free space): the next start then finds no history
+            # and starts from the clock in milliseconds, far above them. The write is tried
+            # again at the next block.
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
     def __call__(self) -> int:
         if self._next >= self._limit:

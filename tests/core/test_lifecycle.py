@@ -318,3 +318,16 @@ def test_canceled_preflight_is_a_cancel_not_a_failed_check() -> None:
     s = lc.State(phase=lc.Phase.PREFLIGHT, assignment=asg(), op=lc.Op.JOIN)
     s, _ = run(s, lc.ChecksDone(blocking=(), tracker_present=False, canceled=True))
     assert s.phase is lc.Phase.FAILED and s.last_error.code == "canceled" and s.retry_at is None
+
+
+def test_a_successful_step_keeps_a_link_error_that_still_holds() -> None:
+    s = lc.State(
+        phase=lc.Phase.JOINING,
+        assignment=asg(),
+        op=lc.Op.JOIN,
+        installed_version="1.31",
+        last_error=lc.LastError("broker_unreachable", "down", 1.0),
+    )
+    s, _ = run(s, lc.StepDone("init", ok=True, node_name="mi-1"))
+    assert s.phase is lc.Phase.JOINED and s.last_error is not None
+    assert s.last_error.code == "broker_unreachable"
