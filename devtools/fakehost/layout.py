@@ -79,15 +79,21 @@ def under(root: Path, path: str) -> Path:
 def write_file(
     path: Path, text: str | bytes, *, mode: int = 0o644, mtime: float | None = None
 ) -> None:
-    """Write a file, making its parents; optionally stamp its mtime."""
+    """Write a file whole (temp file, then rename), making its parents; optionally stamp its mtime.
+
+    Whole, because tests poll some of these files (pid files) while the stand-in writes them:
+    a reader must never see one created but still empty.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if isinstance(text, bytes):
-        path.write_bytes(text)
+        tmp.write_bytes(text)
     else:
-        path.write_text(text, encoding="utf-8")
-    path.chmod(mode)
+        tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(mode)
     if mtime is not None:
-        os.utime(path, (mtime, mtime))
+        os.utime(tmp, (mtime, mtime))
+    os.replace(tmp, path)
 
 
 def record_call(root: Path, prog: str, argv: list[str]) -> None:
