@@ -15,7 +15,6 @@ import errno
 import json
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, TextIO
 import yaml
 
 from agent import __version__
-from agent.commands.dispatcher import CommandFailed, Dispatcher, Progress
+from agent.commands.dispatcher import Dispatcher
 from agent.commands.handlers import build_specs
 from agent.commands.ledger import CommandLedger
 from agent.commands.signature import load_public_key_file
@@ -527,9 +526,9 @@ class Agent(AgentWork):
         etag: str | None = None
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(
-                    self.config.controller.assignment_poll_s if self.config.controller else 30
-                ):
+                poll = self.config.controller.assignment_poll_s if self.config.controller else 30
+                # Jittered so a fleet registered in one burst does not poll in one burst.
+                async with asyncio.timeout(poll * self.rng.uniform(0.8, 1.2)):
                     await self.sync_event.wait()
             self.sync_event.clear()
             try:
@@ -579,15 +578,9 @@ class Agent(AgentWork):
                 await self.health_once()
             except Exception as e:  # noqa: BLE001 - health must never stop the agent
                 self.log.warning("health.failed", error=str(e))
-            await asyncio.sleep(interval)
+            # ±10 %: agents started together (a site after a power cut) must not sample and
+            # publish in lockstep for ever.
+            await asyncio.sleep(interval * self.rng.uniform(0.9, 1.1))
 
 
-def fail(code: str, message: str) -> CommandFailed:
-    return CommandFailed(code, message)
-
-
-def main_stream() -> TextIO:
-    return sys.stdout
-
-
-__all__ = ["Agent", "Progress", "fail"]
+__all__ = ["Agent", "load_assignment_file"]

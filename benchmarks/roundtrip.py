@@ -13,13 +13,15 @@ signed beforehand, so signing is not timed.
 
 Two variants, each with its own broker, agent and echo:
 
-- `defaults`: Mosquitto's and paho's defaults, the agent as shipped. Nobody sets TCP_NODELAY,
-  so a small segment written while an earlier one is unacknowledged waits for the peer's
-  delayed ACK (40 ms on Linux): round trips cluster at 40 and 80 ms.
+- `defaults`: Mosquitto's and paho's defaults, the agent as it is. Mosquitto (unless
+  `set_tcp_nodelay true`) and paho leave Nagle's algorithm on, so a small segment written
+  while an earlier one is unacknowledged waits for the peer's delayed ACK (40 ms on Linux):
+  round trips cluster at 40 and 80 ms. The agent sets TCP_NODELAY on its own socket since
+  commit 1b45c77; the broker's side of the connection still waits.
 - `nodelay`: TCP_NODELAY on every socket: `set_tcp_nodelay true` in Mosquitto, on the
-  driver's and echo's sockets, and in the agent through a sitecustomize module that wraps
-  `socket.create_connection` (paho's only way of opening its socket); the agent's code is
-  unchanged. This shows what the agent itself costs.
+  driver's and echo's sockets, and in the agent also through a sitecustomize module that
+  wraps `socket.create_connection` (paho's only way of opening its socket), so that an agent
+  from before 1b45c77 is measured the same way. This shows what the agent itself costs.
 
 Targets: agent p50 <= 4 x echo p50; agent p99 <= 10 ms.
 
