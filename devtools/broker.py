@@ -126,9 +126,7 @@ class Mosquitto:
         return self._process.pid if self._process else None
 
     def _write_config(self) -> None:
-        # Without it each small publish after an unacknowledged one waits for a 40 ms delayed
-        # ACK (benchmarks/roundtrip.py); production brokers for the agent want it too.
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "set_tcp_nodelay true"]
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
         if self.tls:
             ca, cert, key = self.tls.write_server_files(self.directory)
             lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {ca}"]
