@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from agent.core import lifecycle as lc
@@ -179,6 +179,3 @@ class LifecycleDriver:
             self._work.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._work
-
-    def snapshot(self) -> lc.State:
-        return replace(self.state)

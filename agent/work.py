@@ -10,7 +10,6 @@ phase it leads to, so commands and automatic joins share one path and one nodead
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from types import MappingProxyType
@@ -376,6 +375,3 @@ class AgentWork:
             except ControllerError as e:
                 raise CommandFailed("upload_failed", e.message, result=bundle.summary(False)) from e
         return bundle.summary(uploaded)
-
-    def uptime(self) -> float:
-        return time.monotonic()
