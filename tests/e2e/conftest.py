@@ -167,7 +167,11 @@ def site_factory(tmp_path: Path) -> Iterator[SiteFactory]:
         tag = uuid.uuid4().hex[:10]
         uid = f"edge-{tag}"
         prefix = f"t{tag}/edge/v1"
-        broker = Mosquitto(tmp / "broker", persistence=persistence)
+        # Mosquitto keeps at most 1,000 QoS 1 messages queued per client (its default) and
+        # drops the rest, logging only "Outgoing messages are being dropped": a commander
+        # that falls behind a flood of replies would lose some. A controller's subscriber
+        # needs a deeper queue in production too (README, "Running a broker").
+        broker = Mosquitto(tmp / "broker", persistence=persistence, max_queued_messages=100_000)
         broker.directory.mkdir()
         broker.start()
         controller = Controller(registration_token=f"{REGISTRATION_TOKEN_PREFIX}{tag}").start()
