@@ -17,8 +17,6 @@ import random
 import time
 from typing import Any
 
-import pytest
-
 from devtools.commander import FINAL_STATES
 from devtools.fakehost import layout
 from tests.e2e.conftest import Site, SiteFactory
