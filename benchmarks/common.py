@@ -375,7 +375,7 @@ class Rig:
 
     def __init__(self, tmp: Path, *, controller: bool = True, persistence: bool = False,
                  max_queued_messages: int | None = None,
-                 broker_config: tuple[str, ...] = ()) -> None:
+                 broker_config: tuple[str, ...] = (), tcp_nodelay: bool = True) -> None:
         from devtools.broker import Mosquitto
         from devtools.controller import Controller
         from devtools.signer import CommandSigner
@@ -384,7 +384,7 @@ class Rig:
         tmp.mkdir(parents=True, exist_ok=True)
         self.broker = Mosquitto(tmp / "broker", persistence=persistence,
                                 max_queued_messages=max_queued_messages,
-                                extra_config=broker_config)
+                                extra_config=broker_config, tcp_nodelay=tcp_nodelay)
         (tmp / "broker").mkdir(exist_ok=True)
         self.broker.start()
         self.controller = Controller(registration_token=TOKEN).start() if controller else None

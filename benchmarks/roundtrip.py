@@ -80,7 +80,7 @@ def main() -> int:
         nodelay = variant == "nodelay"
         with common.workdir(f"roundtrip-{variant}", args.keep) as tmp:
             common.log(f"variant {variant}")
-            rig = common.Rig(tmp, broker_config=("set_tcp_nodelay true",) if nodelay else ())
+            rig = common.Rig(tmp, tcp_nodelay=nodelay)
             try:
                 result["variants"][variant] = run(rig, tmp, args, nodelay)
             finally:
@@ -88,7 +88,7 @@ def main() -> int:
     if args.profile:
         with common.workdir("roundtrip-profile", args.keep) as tmp:
             common.log(f"profile: the agent under cProfile, {args.profile} sequential pings")
-            rig = common.Rig(tmp, broker_config=("set_tcp_nodelay true",))
+            rig = common.Rig(tmp, tcp_nodelay=True)
             try:
                 result["profile"] = profile(rig, tmp, args)
             finally:

@@ -86,6 +86,7 @@ class Mosquitto:
         tls: ServerTLS | None = None,
         extra_config: tuple[str, ...] = (),
         program: str = "mosquitto",
+        tcp_nodelay: bool = True,
     ) -> None:
         if port in _FORBIDDEN_PORTS:
             raise ValueError(f"port {port} is reserved for the system's own broker")
@@ -101,6 +102,7 @@ class Mosquitto:
         self.max_queued_messages = max_queued_messages
         self.extra_config = extra_config
         self.program = program
+        self.tcp_nodelay = tcp_nodelay
         self.config_path = self.directory / "mosquitto.conf"
         self.log_path = self.directory / "mosquitto.log"
         self.output_path = self.directory / "mosquitto.out"
@@ -127,6 +129,10 @@ class Mosquitto:
 
     def _write_config(self) -> None:
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        if self.tcp_nodelay:
+            # Without it each small publish after an unacknowledged one waits for a 40 ms
+            # delayed ACK (benchmarks/roundtrip.py); production brokers want it too.
+            lines.append("set_tcp_nodelay true")
         if self.tls:
             ca, cert, key = self.tls.write_server_files(self.directory)
             lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {ca}"]

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -53,6 +54,9 @@ STOP_TIMEOUT_S = 2.0
 SYNC_DELAY_S = 0.05  # outbox fsync batching window
 DROP_REPORT_S = 60.0  # at most one outbox_full event per minute while connected
 HEARTBEAT_S = 5.0
+
+
+T = TypeVar("T")
 
 
 class _Stopped(Exception):
@@ -108,6 +112,10 @@ class MqttLink:
         self._run_task: asyncio.Task[Any] | None = None
         self._condition = LinkCondition(uid)
         self._last_drop_report = -DROP_REPORT_S
+        # aiomqtt notices a socket closed before CONNACK only by this timeout; a broker that
+        # cannot answer within two keepalives is as dead as one missing pings. It also
+        # bounds SUBACKs and the PUBACKs of `online` and health.
+        self._call_timeout = min(CONNECT_TIMEOUT_S, max(2.0, 2.0 * cfg.keepalive_s))
 
     # -- public ----------------------------------------------------------------------------
 
@@ -273,9 +281,7 @@ class MqttLink:
             "keepalive": cfg.keepalive_s,
             "will": will,
             "tls_context": self._tls,
-            # aiomqtt notices a socket closed before CONNACK only by this timeout; a broker
-            # that cannot answer within two keepalives is as dead as one missing pings.
-            "timeout": min(CONNECT_TIMEOUT_S, max(2.0, 2.0 * cfg.keepalive_s)),
+            "timeout": self._call_timeout,
             # Neither paho nor aiomqtt sets TCP_NODELAY: each small publish that follows an
             # unacknowledged one then waits for the broker's 40 ms delayed ACK (measured:
             # 88 ms per command round trip instead of 2 ms, benchmarks/roundtrip.py).
@@ -299,9 +305,12 @@ class MqttLink:
         return client
 
     async def _serve(self, client: aiomqtt.Client) -> None:
+        t = self._call_timeout
         if not self._stopping:  # stop() during the connect: only `offline` is left to say
-            await client.publish(self._t_avail, self._availability("online"), qos=1, retain=True)
-        granted = await client.subscribe([(self._t_commands, 1), (self._t_avail, 1)])
+            online = self._availability("online")
+            await _acked(client.publish(self._t_avail, online, 1, True, timeout=math.inf), t)
+        topics = [(self._t_commands, 1), (self._t_avail, 1)]
+        granted = await _acked(client.subscribe(topics, timeout=math.inf), t)
         if any(isinstance(g, ReasonCode) and g.is_failure for g in granted):
             self._log.error("mqtt.subscribe_refused", reasons=[str(g) for g in granted])
         self._connected = True
@@ -340,11 +349,14 @@ class MqttLink:
                 if self._republish_online and not self._stopping:
                     self._republish_online = False
                     payload = self._availability("online")
-                    await client.publish(self._t_avail, payload, qos=1, retain=True)
+                    call = client.publish(self._t_avail, payload, 1, True, timeout=math.inf)
+                    await _acked(call, self._call_timeout)
                 if self._health is not None:
                     health, self._health = self._health, None
                     qos = self._cfg.health_qos
-                    await client.publish(self._root + "/" + health.subtopic, health.payload, qos)
+                    topic = self._root + "/" + health.subtopic
+                    call = client.publish(topic, health.payload, qos, timeout=math.inf)
+                    await _acked(call, self._call_timeout)
                 self._report_drops()
                 batch = self._outbox.peek(2 * WINDOW, after=cursor)
                 if not batch:
@@ -365,7 +377,9 @@ class MqttLink:
     ) -> None:
         try:
             topic = f"{self._root}/{msg.subtopic}"
-            await client.publish(topic, msg.payload, 1, msg.retain, timeout=timeout)
+            await _acked(
+                client.publish(topic, msg.payload, 1, msg.retain, timeout=math.inf), timeout
+            )
         finally:
             window.release()
         self._outbox.ack(msg.id)
@@ -380,9 +394,9 @@ class MqttLink:
                     await self._stop_event.wait()
         if self._offline_on_stop:
             try:
-                await client.publish(
-                    self._t_avail, self._availability("offline"), 1, True, timeout=STOP_TIMEOUT_S
-                )
+                offline = self._availability("offline")
+                call = client.publish(self._t_avail, offline, 1, True, timeout=math.inf)
+                await _acked(call, STOP_TIMEOUT_S)
             except aiomqtt.MqttError as exc:
                 self._log.warning("mqtt.offline_not_acknowledged", error=str(exc))
         raise _Stopped
@@ -467,6 +481,22 @@ class MqttLink:
             self._log.error("mqtt.uid_conflict", message=message)
         if self._on_link_error is not None:
             self._on_link_error(code, message)
+
+
+async def _acked(call: Awaitable[T], timeout: float) -> T:
+    """Await an aiomqtt call made with `timeout=math.inf`, bounded by `timeout` here.
+
+    aiomqtt bounds a call's wait with asyncio.wait_for, which on Python 3.11 swallows a
+    cancellation that lands in the same loop iteration as the broker's answer (CPython
+    gh-86296, fixed in 3.12): a link cancelled just as its SUBACK arrived ran on, connected,
+    and whoever awaited it waited forever. asyncio.timeout has no such hole; `math.inf` makes
+    aiomqtt await the answer directly.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await call
+    except TimeoutError:
+        raise aiomqtt.MqttError("Operation timed out") from None
 
 
 def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:

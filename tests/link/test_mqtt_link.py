@@ -367,6 +367,8 @@ async def test_a_dead_path_is_noticed_by_keepalive_and_messages_survive_it(
         with Commander(mosquitto.port, uid=agent.uid, prefix=agent.prefix) as cm:
             agent.start()
             await seen(cm, lambda: availability(cm) == [("online", 1)])
+            # `online` goes out before the SUBSCRIBE: kill the path only once that is done.
+            await until(lambda: agent.link.connected)
             await asyncio.to_thread(proxy.blackhole)
             send_events(agent.link, range(1, 4))  # in flight when the path died
             await until(lambda: not agent.link.connected, timeout=5)
