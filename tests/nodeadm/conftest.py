@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,39 @@ def fake_host(tmp_path: Path) -> Callable[..., FakeHost]:
         return fh
 
     return build
+
+
+SYSTEMD_RUN = """#!{python}
+# A stand-in for `systemd-run --wait`: records its argv, then execs the command after "--"
+# with the unit's StandardOutput/StandardError=append: file as stdout and stderr and its
+# --setenv variables; `rm` is recorded only, as it would act on this machine's real paths.
+import json, os, sys
+argv = sys.argv[1:]
+with open({record!r}, "a") as f:
+    f.write(json.dumps(argv) + "\\n")
+split = argv.index("--")
+options, command = argv[:split], argv[split + 1:]
+env = dict(os.environ)
+for i, opt in enumerate(options):
+    if opt == "-p" and options[i + 1].startswith("StandardOutput=append:"):
+        fd = os.open(options[i + 1].split(":", 1)[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    if opt == "--setenv":
+        key, _, value = options[i + 1].partition("=")
+        env[key] = value
+if command[0] == "rm":
+    sys.exit(0)
+os.execvpe(command[0], command, env)
+"""
+
+
+def fake_systemd_run(fh: FakeHost) -> Path:
+    """Install the `systemd-run` stand-in as the host's program; returns the file in which
+    it records each call's argv, one JSON list a line."""
+    record = fh.tmp / "systemd-run.jsonl"
+    script = fh.tmp / "systemd-run"
+    script.write_text(SYSTEMD_RUN.format(python=sys.executable, record=str(record)))
+    script.chmod(0o755)
+    fh.programs["systemd_run"] = str(script)
+    return record

@@ -9,7 +9,6 @@ the wrapped command, except `rm`, which would act on this machine's real paths.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,36 +17,11 @@ from agent.core.config import parse_config
 from agent.host.hostroot import HostRoot
 from agent.host.packages import refresh_package_index
 from devtools.fakehost.layout import calls, under
-from tests.nodeadm.conftest import FakeHost
+from tests.nodeadm.conftest import FakeHost, fake_systemd_run
 from tests.nodeadm.samples import SSM
 
 A = parse_assignment(SSM)
 Factory = Callable[..., FakeHost]
-
-SYSTEMD_RUN = """#!{python}
-import json, os, sys
-argv = sys.argv[1:]
-with open({record!r}, "a") as f:
-    f.write(json.dumps(argv) + "\\n")
-split = argv.index("--")
-options, command = argv[:split], argv[split + 1:]
-env = dict(os.environ)
-for i, opt in enumerate(options):
-    if opt == "--setenv":
-        key, _, value = options[i + 1].partition("=")
-        env[key] = value
-if command[0] == "rm":
-    sys.exit(0)
-os.execvpe(command[0], command, env)
-"""
-
-
-def fake_systemd_run(tmp: Path) -> tuple[Path, Path]:
-    record = tmp / "systemd-run.jsonl"
-    script = tmp / "systemd-run"
-    script.write_text(SYSTEMD_RUN.format(python=sys.executable, record=str(record)))
-    script.chmod(0o755)
-    return script, record
 
 
 def units(record: Path) -> list[list[str]]:
@@ -61,8 +35,7 @@ def command_of(argv: list[str]) -> list[str]:
 
 async def test_dpkg_repair_and_cert_removal_run_as_transient_units(fake_host: Factory) -> None:
     fh = fake_host()
-    script, record = fake_systemd_run(fh.tmp)
-    fh.programs["systemd_run"] = str(script)
+    record = fake_systemd_run(fh)
     updates = under(fh.root, "var/lib/dpkg/updates")
     updates.mkdir(parents=True, exist_ok=True)
     (updates / "0001").write_text("half-configured\n")
@@ -79,8 +52,7 @@ async def test_dpkg_repair_and_cert_removal_run_as_transient_units(fake_host: Fa
 
 async def test_without_systemd_the_same_changes_run_directly(fake_host: Factory) -> None:
     fh = fake_host()
-    script, record = fake_systemd_run(fh.tmp)
-    fh.programs["systemd_run"] = str(script)
+    record = fake_systemd_run(fh)
     pki = under(fh.root, "var/lib/kubelet/pki")
     pki.mkdir(parents=True, exist_ok=True)
     (pki / "kubelet-server-current.pem").write_text("old cluster\n")
@@ -92,14 +64,17 @@ async def test_without_systemd_the_same_changes_run_directly(fake_host: Factory)
 
 async def test_package_index_refresh_runs_as_a_transient_unit(fake_host: Factory) -> None:
     fh = fake_host(index_age_s=9 * 86400)
-    script, record = fake_systemd_run(fh.tmp)
+    record = fake_systemd_run(fh)
     cfg = parse_config(
         {
             "assignment_file": "/dev/null",
             "state_dir": str(fh.state_dir),
             "host": {"root": str(fh.root)},
             "nodeadm": {"systemd_run": "always"},
-            "programs": {"apt_get": fh.programs["apt_get"], "systemd_run": str(script)},
+            "programs": {
+                "apt_get": fh.programs["apt_get"],
+                "systemd_run": fh.programs["systemd_run"],
+            },
         },
         readable=lambda _p: True,
     )

@@ -22,7 +22,7 @@ import pytest
 from agent.core.assignment import parse_assignment
 from agent.host.nodeadm_proc import RunRecord, start_ticks
 from devtools.fakehost.layout import calls
-from tests.nodeadm.conftest import FakeHost
+from tests.nodeadm.conftest import FakeHost, fake_systemd_run
 from tests.nodeadm.samples import SSM
 
 Factory = Callable[..., FakeHost]
@@ -175,37 +175,6 @@ async def test_a_stale_record_is_dropped_without_killing(fake_host: Factory) -> 
     runner.record_path.write_text("{not json")
     assert await runner.end_orphan() is None
     assert not runner.record_path.exists()
-
-
-SYSTEMD_RUN = """#!{python}
-# A stand-in for `systemd-run --wait`: records its argv, then execs the command after "--"
-# with the unit's StandardOutput/StandardError=append: file as stdout and stderr.
-import json, os, sys
-argv = sys.argv[1:]
-with open({record!r}, "a") as f:
-    f.write(json.dumps(argv) + "\\n")
-split = argv.index("--")
-options, command = argv[:split], argv[split + 1:]
-env = dict(os.environ)
-for i, opt in enumerate(options):
-    if opt == "-p" and options[i + 1].startswith("StandardOutput=append:"):
-        fd = os.open(options[i + 1].split(":", 1)[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-    if opt == "--setenv":
-        key, _, value = options[i + 1].partition("=")
-        env[key] = value
-os.execvpe(command[0], command, env)
-"""
-
-
-def fake_systemd_run(fh: FakeHost) -> Path:
-    record = fh.tmp / "systemd-run.jsonl"
-    script = fh.tmp / "systemd-run"
-    script.write_text(SYSTEMD_RUN.format(python=sys.executable, record=str(record)))
-    script.chmod(0o755)
-    fh.programs["systemd_run"] = str(script)
-    return record
 
 
 async def test_systemd_run_always_wraps_the_step_in_a_unit(fake_host: Factory) -> None:
