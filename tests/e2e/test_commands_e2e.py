@@ -15,6 +15,7 @@ import json
 import os
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 from devtools.commander import FINAL_STATES
@@ -250,13 +251,29 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _install_pid_file(s: Site) -> Path:
+    """Where the nodeadm stand-in writes the pid of a running `install`."""
+    return layout.under(s.host.root, f"{layout.RUN_DIR}/nodeadm-install.pid")
+
+
+def _join_with_a_first_install_that_hangs(site_factory: SiteFactory) -> tuple[Site, str]:
+    """A site that joins only on command, its first `nodeadm install` hanging; the `join` is
+    sent once the assignment is in. Returns the site and the join's command id."""
+    s = site_factory(
+        config={"join": {"auto": False}},
+        nodeadm_env={"NODEADM_FAKE_HANG": "install", "NODEADM_FAKE_HANG_TIMES": "1"},
+    )
+    s.wait_status(lambda st: st["assignment_revision"] == 1)
+    return s, s.send("join")
+
+
 def test_cancel_of_a_running_join_ends_its_nodeadm(site_factory: SiteFactory) -> None:
     s = site_factory(config={"join": {"auto": False}}, nodeadm_env={"NODEADM_FAKE_HANG": "install"})
     s.wait_status(lambda st: st["assignment_revision"] == 1)
     join_env = s.envelope("join")
     join_id = s.cmd.send(join_env)
     assert join_id
-    pid_file = layout.under(s.host.root, f"{layout.RUN_DIR}/nodeadm-install.pid")
+    pid_file = _install_pid_file(s)
     pid = int(s.host.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20))
     pgid = os.getpgid(pid)
     assert _group_alive(pgid)
@@ -286,13 +303,8 @@ def test_cancel_of_a_running_join_ends_its_nodeadm(site_factory: SiteFactory) ->
 def test_sigterm_during_a_join_command_keeps_the_phase_for_the_next_start(
     site_factory: SiteFactory,
 ) -> None:
-    s = site_factory(
-        config={"join": {"auto": False}},
-        nodeadm_env={"NODEADM_FAKE_HANG": "install", "NODEADM_FAKE_HANG_TIMES": "1"},
-    )
-    s.wait_status(lambda st: st["assignment_revision"] == 1)
-    join_id = s.send("join")
-    pid_file = layout.under(s.host.root, f"{layout.RUN_DIR}/nodeadm-install.pid")
+    s, join_id = _join_with_a_first_install_that_hangs(site_factory)
+    pid_file = _install_pid_file(s)
     pid = int(s.host.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20))
     pgid = os.getpgid(pid)
     assert s.host.stop() == 0
@@ -312,13 +324,8 @@ def test_sigterm_during_a_join_command_keeps_the_phase_for_the_next_start(
 
 
 def test_a_canceled_join_stays_canceled_across_a_restart(site_factory: SiteFactory) -> None:
-    s = site_factory(
-        config={"join": {"auto": False}},
-        nodeadm_env={"NODEADM_FAKE_HANG": "install", "NODEADM_FAKE_HANG_TIMES": "1"},
-    )
-    s.wait_status(lambda st: st["assignment_revision"] == 1)
-    join_id = s.send("join")
-    pid_file = layout.under(s.host.root, f"{layout.RUN_DIR}/nodeadm-install.pid")
+    s, join_id = _join_with_a_first_install_that_hangs(site_factory)
+    pid_file = _install_pid_file(s)
     s.host.wait_for(pid_file.exists, 20)
     assert s.run("cancel", {"command_id": join_id})["result"] == {"canceled": True}
     st = s.wait_status(lambda st: st["phase"] == "failed")
