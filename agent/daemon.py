@@ -26,11 +26,12 @@ from agent import __version__
 from agent.commands.dispatcher import Dispatcher
 from agent.commands.handlers import build_specs
 from agent.commands.ledger import CommandLedger
-from agent.commands.signature import load_public_key_file
+from agent.commands.signature import BadPublicKey, KeyFile
 from agent.core import lifecycle as lc
 from agent.core.assignment import Assignment, AssignmentError, parse_assignment
 from agent.core.config import Config, ConfigError, ConfigMissing, load_config
 from agent.core.monotonic import NeverBackwardsClock
+from agent.core.reload import ConfigChange, config_change
 from agent.core.timefmt import iso
 from agent.driver import Adopt
 from agent.host.hostroot import HostRoot, arch, derive_uid
@@ -48,6 +49,23 @@ CONTROLLER_CODES = (
     "registration_refused",
     "uid_conflict",
 )
+
+
+def _policy(config: Config) -> lc.Policy:
+    return lc.Policy(
+        auto_join=config.join.auto,
+        appliance=config.host.mode == "appliance",
+        retry_backoff_s=config.join.retry_backoff_s,
+        degraded_after_s=config.health.degraded_after_s,
+    )
+
+
+def _controller_max_age(cfg: Config) -> float:
+    """The longest silence of a healthy controller loop: a poll wait, then one request
+    (httpx bounds each phase by timeout_s: connect, write, read, pool) between two stamps."""
+    ctl = cfg.controller
+    assert ctl is not None
+    return max(120.0, 3 * (1.2 * ctl.assignment_poll_s + 4 * ctl.timeout_s))
 
 
 class _Stop(Exception):
@@ -108,6 +126,7 @@ class Agent(AgentWork):
         from agent.state.store import SeqCounter
 
         self.seq = SeqCounter(config.state_dir / "seq")
+        self.max_skew_s = config.commands.max_skew_s
         self.clock = NeverBackwardsClock(
             config.state_dir / "clock", wall, persist_every_s=min(60.0, config.commands.max_skew_s)
         )
@@ -129,13 +148,8 @@ class Agent(AgentWork):
         self._outbox_storage: lc.LastError | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._held: Assignment | None = None
-        policy = lc.Policy(
-            auto_join=config.join.auto,
-            appliance=config.host.mode == "appliance",
-            retry_backoff_s=config.join.retry_backoff_s,
-            degraded_after_s=config.health.degraded_after_s,
-        )
-        self.init_work(loaded.state, policy)
+        self.init_work(loaded.state, _policy(config))
+        self.key_file = self._key_file(config)
         self.dispatcher = Dispatcher(
             uid=self.uid,
             specs=build_specs(self),
@@ -144,7 +158,7 @@ class Agent(AgentWork):
             max_bytes=config.commands.max_bytes,
             max_skew_s=config.commands.max_skew_s,
             max_ttl_s=config.commands.max_ttl_s,
-            verify=self._verifier(),
+            verify=self.key_file.verify if self.key_file else None,
             allow_unsigned=config.commands.allow_unsigned,
             send_reply=self.send_reply,
             send_error=lambda code, msg: self.emit("error", {"code": code, "message": msg}),
@@ -188,11 +202,17 @@ class Agent(AgentWork):
     def now(self) -> float:
         return self.wall()
 
-    def _verifier(self) -> Callable[[bytes, bytes], bool] | None:
-        path = self.config.commands.public_key_file
-        if path is None:
-            return None
-        return load_public_key_file(path).verify
+    def _key_file(self, config: Config) -> KeyFile | None:
+        path = config.commands.public_key_file
+        return None if path is None else KeyFile(path, on_change=self._key_changed)
+
+    def _key_changed(self, fingerprint: str | None, error: str | None) -> None:
+        """The key file changed in place: say which key now verifies, or that none does."""
+        if error is None:
+            self.log.info("commands.key_reloaded", fingerprint=fingerprint)
+            return
+        self.log.error("commands.key_unusable", error=error)
+        self.emit("error", {"code": "config_invalid", "message": f"commands: {error}"})
 
     def stamp(self, name: str) -> None:
         self.heartbeats.stamp(name, time.monotonic())
@@ -326,7 +346,7 @@ class Agent(AgentWork):
                     # the broker never looks like a stuck loop to the watchdog.
                     self._loop(tg, "mqtt", self.link.run(), max(120.0, 4.0 * cfg.mqtt.keepalive_s))
                 if self.controller is not None:
-                    tg.create_task(self.controller_loop(), name="controller")
+                    self._loop(tg, "controller", self.controller_loop(), _controller_max_age(cfg))
                 interval = cfg.mqtt.health_interval_s if cfg.mqtt else 30.0
                 self._loop(tg, "health", self.health_loop(interval), max(60.0, 3 * interval))
                 if cfg.mqtt is not None:
@@ -408,24 +428,24 @@ class Agent(AgentWork):
             return
         try:
             new = load_config(path, self.env)
-        except (ConfigError, ConfigMissing) as e:
+            change = config_change(self.config, new)
+            key_file = self.key_file
+            if change.changed("commands") and new.commands.public_key_file != (
+                key_file.path if key_file else None
+            ):
+                key_file = self._key_file(new)
+        except (ConfigError, ConfigMissing, BadPublicKey) as e:
             self.log.error("config.reload_refused", error=str(e))
             self.emit("error", {"code": "config_invalid", "message": f"reload refused: {e}"})
             return
-        restart = [
-            k
-            for k in ("mqtt", "controller", "state_dir", "host")
-            if getattr(new, k) != getattr(self.config, k)
-        ]
         self.config = new
-        self.level.set(new.log.level)
-        self.driver.policy = lc.Policy(
-            auto_join=new.join.auto,
-            appliance=new.host.mode == "appliance",
-            retry_backoff_s=new.join.retry_backoff_s,
-            degraded_after_s=new.health.degraded_after_s,
+        self.key_file = key_file
+        self._apply_live(new, change)
+        restart = list(change.needs_restart)
+        self.log.info("config.reloaded", live=list(change.live), needs_restart=restart)
+        self.emit(
+            "config", {"state": "reloaded", "live": list(change.live), "needs_restart": restart}
         )
-        self.log.info("config.reloaded", needs_restart=restart)
         if restart:
             self.emit(
                 "error",
@@ -436,6 +456,25 @@ class Agent(AgentWork):
             )
         if new.assignment_file is not None:
             self.offer_assignment_file()
+
+    def _apply_live(self, new: Config, change: ConfigChange) -> None:
+        """Push each live section to the part that owns it (the rest read `self.config`)."""
+        self.level.set(new.log.level)
+        self.driver.policy = _policy(new)
+        self.runner.configure(new)
+        cmd = new.commands
+        self.dispatcher.configure(
+            max_bytes=cmd.max_bytes,
+            max_skew_s=self.max_skew_s,  # see agent/core/reload.py: a restart changes it
+            max_ttl_s=cmd.max_ttl_s,
+            verify=self.key_file.verify if self.key_file else None,
+            allow_unsigned=cmd.allow_unsigned,
+        )
+        if change.changed("commands") and cmd.allow_unsigned:
+            self.log.warning(
+                "commands.unsigned_allowed",
+                message="commands.allow_unsigned is true: for development only",
+            )
 
     # ---- assignment sources ------------------------------------------------------------------
     def offer_assignment(self, doc: Any, source: str) -> Assignment | None:
@@ -525,6 +564,7 @@ class Agent(AgentWork):
             self.offer_assignment(reg.assignment, "registration")
         etag: str | None = None
         while True:
+            self.stamp("controller")
             with contextlib.suppress(TimeoutError):
                 poll = self.config.controller.assignment_poll_s if self.config.controller else 30
                 # Jittered so a fleet registered in one burst does not poll in one burst.

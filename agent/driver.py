@@ -17,6 +17,7 @@ from typing import Any
 
 from agent.core import lifecycle as lc
 from agent.core.checks import CheckResult
+from agent.core.codes import Step
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Adopt:
     rebuild: Callable[[lc.State], lc.State]
 
 
-StepRunner = Callable[[str, dict[str, Any], lc.State], Awaitable[lc.StepDone]]
+StepRunner = Callable[[Step, dict[str, Any], lc.State], Awaitable[lc.StepDone]]
 ChecksRunner = Callable[[lc.State], Awaitable[list[CheckResult]]]
 
 

@@ -13,11 +13,12 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, assert_never
 
 from agent.commands.dispatcher import CommandFailed, Progress
 from agent.core import lifecycle as lc
 from agent.core.checks import CheckResult
+from agent.core.codes import Step
 from agent.driver import LifecycleDriver
 from agent.host.metrics import host_addresses, kubelet_healthz
 from agent.host.proc import ProcessError, run
@@ -130,7 +131,17 @@ class AgentWork:
             on_error=self.on_controller_error,
             on_recovered=self.on_controller_recovered,
             uid=self.uid,
+            sleep=self.controller_sleep,
         )
+
+    async def controller_sleep(self, seconds: float) -> None:
+        """The controller client's backoff, in slices that each stamp the loop's heartbeat:
+        a long Retry-After or an outage is a loop waiting, not a loop stuck."""
+        end = asyncio.get_running_loop().time() + seconds
+        while (left := end - asyncio.get_running_loop().time()) > 0:
+            self.stamp("controller")
+            await asyncio.sleep(min(left, 10.0))
+        self.stamp("controller")
 
     def on_link_error(self, code: str | None, message: str | None) -> None:
         if code is None:
@@ -189,27 +200,31 @@ class AgentWork:
 
         return tuple(CHECK_IDS)
 
-    async def run_step(self, step: str, args: dict[str, Any], state: lc.State) -> lc.StepDone:
+    async def run_step(self, step: Step, args: dict[str, Any], state: lc.State) -> lc.StepDone:
         a = state.assignment
         cfg_path = self.config.nodeadm.config_path
-        if step == "install":
-            assert a is not None
-            out = await self.runner.install(a)
-        elif step == "init":
-            assert a is not None
-            out = await self.runner.init(a, cfg_path)
-        elif step == "upgrade":
-            assert a is not None
-            target = replace(
-                a, kubernetes_version=str(args.get("kubernetes_version") or a.kubernetes_version)
-            )
-            out = await self.runner.upgrade(target, cfg_path, drained=bool(args.get("drained")))
-        else:
-            out = await self.runner.uninstall(
-                force=bool(args.get("force")),
-                drained=bool(args.get("drained")),
-                remove_kubelet_certs=bool(args.get("remove_kubelet_certs")),
-            )
+        match step:
+            case Step.INSTALL:
+                assert a is not None
+                out = await self.runner.install(a)
+            case Step.INIT:
+                assert a is not None
+                out = await self.runner.init(a, cfg_path)
+            case Step.UPGRADE:
+                assert a is not None
+                version = str(args.get("kubernetes_version") or a.kubernetes_version)
+                target = replace(a, kubernetes_version=version)
+                out = await self.runner.upgrade(target, cfg_path, drained=bool(args.get("drained")))
+            case Step.UNINSTALL:
+                out = await self.runner.uninstall(
+                    force=bool(args.get("force")),
+                    drained=bool(args.get("drained")),
+                    remove_kubelet_certs=bool(args.get("remove_kubelet_certs")),
+                )
+            case _:
+                # An unknown name must fail, never fall into some default (it once ran
+                # uninstall); mypy proves every Step is handled above.
+                assert_never(step)
         if out.canceled:
             raise asyncio.CancelledError
         if not out.ok:

@@ -91,15 +91,34 @@ class Dispatcher:
         self.specs = specs
         self.ledger = ledger
         self._now = now
-        self._limits = (max_bytes, max_skew_s, max_ttl_s)
-        self._verify = verify
-        self._allow_unsigned = allow_unsigned
+        self.configure(
+            max_bytes=max_bytes,
+            max_skew_s=max_skew_s,
+            max_ttl_s=max_ttl_s,
+            verify=verify,
+            allow_unsigned=allow_unsigned,
+        )
         self._send_reply = send_reply
         self._send_error = send_error
         self._external_busy = external_busy
         self._log = log
         self.running: dict[str, _Running] = {}
         self._closing = False
+
+    def configure(
+        self,
+        *,
+        max_bytes: int,
+        max_skew_s: float,
+        max_ttl_s: float,
+        verify: Callable[[bytes, bytes], bool] | None,
+        allow_unsigned: bool,
+    ) -> None:
+        """Take the ``commands`` settings (at start and on every reload): the next command
+        is checked against these, one already accepted runs on."""
+        self._limits = (max_bytes, max_skew_s, max_ttl_s)
+        self._verify = verify
+        self._allow_unsigned = allow_unsigned
 
     # ---- intake ---------------------------------------------------------------------------
     async def handle(self, payload: bytes) -> None:

@@ -7,6 +7,12 @@ prefix followed by the 32 key bytes. Anything else is refused with a message tha
 what was found instead (an RSA or EC key, a private key, an OpenSSH key), since the usual
 mistake is pointing `commands.public_key_file` at the wrong file. This is the only module
 that imports `nacl`.
+
+The key file is watched, not read once: `KeyFile` re-reads it when its inode, size or mtime
+changes, so a key rotated in place (no reload, no restart) takes effect at the next command.
+A stat per command costs a few microseconds; commands are rare. A replaced file that is not a
+usable key fails closed: every signature is refused until the file is fixed, since keeping
+the old key would go on trusting a key the operator meant to retire.
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-__all__ = ["BadPublicKey", "Verifier", "load_public_key", "load_public_key_file"]
+__all__ = ["BadPublicKey", "KeyFile", "Verifier", "load_public_key", "load_public_key_file"]
 
 # SEQUENCE(42) { SEQUENCE(5) { OID 1.3.101.112 } BIT STRING(33, 0 unused bits) }, RFC 8410.
 _ED25519_SPKI_PREFIX: Final = bytes.fromhex("302a300506032b6570032100")
@@ -128,3 +137,66 @@ def load_public_key_file(path: Path | str) -> Verifier:
         return load_public_key(data)
     except BadPublicKey as e:
         raise BadPublicKey(f"{target}: {e}") from None
+
+
+_Stamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> _Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+_RACY_NS: Final = 2_000_000_000
+
+
+class KeyFile:
+    """`commands.public_key_file`, re-read whenever the file changes (see the module text).
+
+    Built eagerly: a key that is unusable at start-up raises `BadPublicKey`, as before.
+    ``on_change(fingerprint, error)`` hears of every re-read: a new key's fingerprint, or why
+    the new file is refused.
+    """
+
+    def __init__(
+        self, path: Path, on_change: Callable[[str | None, str | None], None] | None = None
+    ) -> None:
+        self.path = path
+        self._on_change = on_change
+        self._seen: _Stamp | None = None
+        self._trusted = False  # whether _seen may stand for the file's content
+        self._verifier: Verifier | None = load_public_key_file(path)
+        self.error: str | None = None
+        self._refresh(announce=False)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self._verifier.fingerprint if self._verifier else None
+
+    def _refresh(self, *, announce: bool = True) -> None:
+        stamp = _stamp(self.path)
+        if self._trusted and stamp == self._seen:
+            return
+        # A file changed within the last moments may change again inside one tick of the
+        # filesystem's clock with the same size (every Ed25519 PEM is 113 bytes) and so the
+        # same stamp: such a stamp is not trusted, and the next command reads the file again
+        # (git's "racy clean" rule).
+        self._seen = stamp
+        self._trusted = stamp is None or time.time_ns() - stamp[2] >= _RACY_NS
+        before = (self.fingerprint, self.error)
+        try:
+            self._verifier = load_public_key_file(self.path)
+        except BadPublicKey as e:
+            self._verifier = None
+            self.error = str(e)
+        else:
+            self.error = None
+        if announce and self._on_change is not None and before != (self.fingerprint, self.error):
+            self._on_change(self.fingerprint, self.error)
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        self._refresh()
+        return self._verifier is not None and self._verifier.verify(message, signature)

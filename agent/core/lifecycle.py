@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.core.assignment import Assignment
 from agent.core.backoff import capped_exponential
+from agent.core.codes import Step
 
 
 class Phase(StrEnum):
@@ -46,10 +47,10 @@ class Phase(StrEnum):
 # Phases in which a nodeadm step is (or was, before a crash) running.
 RUNNING_PHASES = MappingProxyType(
     {
-        Phase.INSTALLING: "install",
-        Phase.JOINING: "init",
-        Phase.UPGRADING: "upgrade",
-        Phase.UNINSTALLING: "uninstall",
+        Phase.INSTALLING: Step.INSTALL,
+        Phase.JOINING: Step.INIT,
+        Phase.UPGRADING: Step.UPGRADE,
+        Phase.UNINSTALLING: Step.UNINSTALL,
     }
 )
 NODE_PHASES = frozenset({Phase.JOINED, Phase.DEGRADED})
@@ -158,7 +159,7 @@ class ChecksDone:
 
 @dataclass(frozen=True)
 class StepDone:
-    step: str  # install | init | upgrade | uninstall
+    step: Step
     ok: bool
     code: str | None = None
     message: str = ""
@@ -219,7 +220,7 @@ class RunChecks:
 
 @dataclass(frozen=True)
 class RunStep:
-    step: str
+    step: Step
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -267,8 +268,8 @@ def _start_op(s: State, op: Op, now: float, reason: str, **args: Any) -> tuple[S
     if op is Op.JOIN:
         return _go(s, Phase.PREFLIGHT, now, reason), [RunChecks()]
     if op is Op.UPGRADE:
-        return _go(s, Phase.UPGRADING, now, reason), [RunStep("upgrade", dict(args))]
-    return _go(s, Phase.UNINSTALLING, now, reason), [RunStep("uninstall", dict(args))]
+        return _go(s, Phase.UPGRADING, now, reason), [RunStep(Step.UPGRADE, dict(args))]
+    return _go(s, Phase.UNINSTALLING, now, reason), [RunStep(Step.UNINSTALL, dict(args))]
 
 
 def _wants_join(s: State, p: Policy) -> bool:
@@ -491,9 +492,9 @@ def _checks_done(s: State, ev: ChecksDone, now: float, p: Policy) -> tuple[State
         return _go(s, Phase.AWAITING_ASSIGNMENT, now, "no assignment"), []
     if ev.tracker_present and s.installed_minor == a.minor:
         return _go(s, Phase.JOINING, now, f"Kubernetes {a.minor} already installed"), [
-            RunStep("init")
+            RunStep(Step.INIT)
         ]
-    return _go(s, Phase.INSTALLING, now, "preflight passed"), [RunStep("install")]
+    return _go(s, Phase.INSTALLING, now, "preflight passed"), [RunStep(Step.INSTALL)]
 
 
 def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, list[Action]]:
@@ -509,7 +510,7 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
             return s2, []
         return _fail(s, Phase.FAILED, ev.code or "nodeadm_failed", ev.message, now, p), []
     a = s.assignment
-    if ev.step == "install":
+    if ev.step == Step.INSTALL:
         assert a is not None
         return _go(
             s,
@@ -517,8 +518,8 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
             now,
             f"installed Kubernetes {a.kubernetes_version}",
             installed_version=a.kubernetes_version,
-        ), [RunStep("init")]
-    if ev.step == "init":
+        ), [RunStep(Step.INIT)]
+    if ev.step == Step.INIT:
         assert a is not None
         return _go(
             s,
@@ -534,7 +535,7 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
             op_args={},
             unhealthy_since=None,
         ), []
-    if ev.step == "upgrade":
+    if ev.step == Step.UPGRADE:
         version = str(s.op_args.get("kubernetes_version") or (a.kubernetes_version if a else ""))
         return _go(
             s,

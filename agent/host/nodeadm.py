@@ -107,6 +107,10 @@ class NodeadmRunner:
         self._stop = asyncio.Event()
         self.running: str | None = None
 
+    def configure(self, config: Config) -> None:
+        """A reload's new settings (timeouts, programs, config path) for the next step."""
+        self._cfg = config
+
     @property
     def record_path(self) -> Path:
         return self._cfg.state_dir / RUN_RECORD
