@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg: Config) -> int:
-    from agent.daemon import Agent
+    from agent.app import Agent
 
     async def go() -> int:
         try:
@@ -100,7 +100,7 @@ def _local_assignment(cfg: Config) -> tuple[Any, str | None]:
     from agent.state.store import StateStore
 
     if cfg.assignment_file is not None:
-        from agent.daemon import load_assignment_file
+        from agent.assignments import load_assignment_file
 
         try:
             return parse_assignment(load_assignment_file(cfg.assignment_file)), None

@@ -21,12 +21,11 @@ from agent.core.codes import Step
 
 
 @dataclass(frozen=True)
-class Adopt:
-    """Rebuild the state outside the machine's rules: a lost state recovered from the host's
-    facts (agent/state/store.py). ``rebuild`` gets the state current when the event is taken,
-    so nothing posted before it is lost."""
+class _Barrier:
+    """Not a lifecycle event: resolved when the loop reaches it, i.e. once every event
+    posted before it has been applied (see `LifecycleDriver.settled`)."""
 
-    rebuild: Callable[[lc.State], lc.State]
+    reached: asyncio.Future[None]
 
 
 StepRunner = Callable[[Step, dict[str, Any], lc.State], Awaitable[lc.StepDone]]
@@ -60,15 +59,22 @@ class LifecycleDriver:
         self._now = now
         self._log = log
         self._heartbeat = heartbeat
-        self._events: asyncio.Queue[lc.Event | Adopt] = asyncio.Queue()
+        self._events: asyncio.Queue[lc.Event | _Barrier] = asyncio.Queue()
         self._pending: collections.deque[lc.Action] = collections.deque()
         self._work: asyncio.Task[None] | None = None
         self._work_name: str | None = None
         self._changed = asyncio.Condition()
 
     # ---- inputs -------------------------------------------------------------------------
-    def post(self, event: lc.Event | Adopt) -> None:
+    def post(self, event: lc.Event) -> None:
         self._events.put_nowait(event)
+
+    async def settled(self) -> lc.State:
+        """The state once every event posted so far has been applied."""
+        reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._events.put_nowait(_Barrier(reached))
+        await reached
+        return self.state
 
     @property
     def busy(self) -> str | None:
@@ -92,24 +98,22 @@ class LifecycleDriver:
             while True:
                 try:
                     async with asyncio.timeout(1.0):
-                        ev: lc.Event | Adopt = await self._events.get()
+                        ev: lc.Event | _Barrier = await self._events.get()
                 except TimeoutError:
                     ev = lc.Tick()
                 if self._heartbeat:
                     self._heartbeat()
+                if isinstance(ev, _Barrier):
+                    if not ev.reached.done():
+                        ev.reached.set_result(None)
+                    continue
                 await self._apply(ev)
         finally:
             await self._stop_work()
 
-    async def _apply(self, ev: lc.Event | Adopt) -> None:
+    async def _apply(self, ev: lc.Event) -> None:
         old = self.state
-        # An adopted state goes through the queue like any event, so it lands between two
-        # steps of the machine, is persisted, and its phase change is announced as usual.
-        new, actions = (
-            (ev.rebuild(old), [])
-            if isinstance(ev, Adopt)
-            else lc.step(old, ev, self._now(), self.policy)
-        )
+        new, actions = lc.step(old, ev, self._now(), self.policy)
         if new != old:
             self.state = new
             self._persist(new)

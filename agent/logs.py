@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, MutableMapping
 from types import MappingProxyType
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, cast
 
 import structlog
 from structlog.processors import ExceptionRenderer
@@ -123,6 +123,15 @@ def stdout_is_journal(stream: TextIO, env: MutableMapping[str, str] | None = Non
     return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
 
 
+class Log(Protocol):
+    """The structured logger the agent's parts are handed (what `make_logger` returns)."""
+
+    def debug(self, event: str, /, **kw: object) -> object: ...
+    def info(self, event: str, /, **kw: object) -> object: ...
+    def warning(self, event: str, /, **kw: object) -> object: ...
+    def error(self, event: str, /, **kw: object) -> object: ...
+
+
 def make_logger(
     *,
     level: LevelHolder,
@@ -130,7 +139,7 @@ def make_logger(
     stream: TextIO | None = None,
     secrets: Callable[[], Iterable[str]] = tuple,
     **bind: Any,
-) -> Any:
+) -> Log:
     """One agent's logger; ``fmt`` is ``auto``, ``json`` or ``console``."""
     out = stream if stream is not None else sys.stdout
     tty = bool(getattr(out, "isatty", lambda: False)())
@@ -149,9 +158,10 @@ def make_logger(
         processors.append(make_redactor(secrets))
         renderer: Any = structlog.processors.JSONRenderer(sort_keys=False)
         processors.append(_Journal(renderer) if stdout_is_journal(out) else renderer)
-    return structlog.wrap_logger(
+    logger = structlog.wrap_logger(
         structlog.PrintLogger(out),
         processors=processors,
         wrapper_class=structlog.BoundLogger,
         cache_logger_on_first_use=False,
     ).bind(**bind)
+    return cast("Log", logger)

@@ -9,24 +9,12 @@ which keeps priority as it does over link errors.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from agent import __version__
 from agent.core import lifecycle as lc
 from agent.core.timefmt import iso
-
-
-class _Source(Protocol):
-    uid: str
-    config: Any
-    nodeadm_version: str | None
-    last_checks: list[dict[str, Any]]
-    last_checks_ts: float | None
-
-    @property
-    def lifecycle_state(self) -> lc.State: ...
-
-    def storage_problem(self) -> lc.LastError | None: ...
+from agent.state.record import Record
 
 
 def checks_object(checks: list[dict[str, Any]], ts: float | None) -> dict[str, Any] | None:
@@ -76,14 +64,24 @@ def status_from(
     }
 
 
-def build_status(src: _Source, *, seq: int, ts: str) -> dict[str, Any]:
+def build_status(
+    state: lc.State,
+    *,
+    uid: str,
+    mode: str,
+    seq: int,
+    ts: str,
+    record: Record,
+    storage: lc.LastError | None,
+) -> dict[str, Any]:
+    """The running agent's status: the lifecycle state plus what the record remembers."""
     return status_from(
-        src.lifecycle_state,
-        uid=src.uid,
-        mode=src.config.host.mode,
+        state,
+        uid=uid,
+        mode=mode,
         seq=seq,
         ts=ts,
-        nodeadm_version=src.nodeadm_version,
-        checks=checks_object(src.last_checks, src.last_checks_ts),
-        storage=src.storage_problem(),
+        nodeadm_version=record.nodeadm_version,
+        checks=checks_object(record.checks, record.checks_ts),
+        storage=storage,
     )

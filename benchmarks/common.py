@@ -190,7 +190,7 @@ def log(msg: str) -> None:
 
 def warm_bytecode() -> None:
     """Fill the private bytecode cache for everything an agent imports (once per machine)."""
-    code = ("import sys; sys.argv = ['x']; import agent.cli, agent.daemon, agent.link.mqtt, "
+    code = ("import sys; sys.argv = ['x']; import agent.cli, agent.app, agent.link.mqtt, "
             "agent.link.controller, agent.checks.runner, agent.host.nodeadm, "
             "agent.host.packages, agent.diagnostics, httpcore, anyio, anyio._backends._asyncio, "
             "h11, certifi, paho.mqtt.client, devtools.fakehost.nodeadm, "

@@ -241,7 +241,7 @@ def preload() -> None:
 
 
 async def run_one(args: argparse.Namespace) -> dict[str, Any]:
-    from agent.daemon import Agent
+    from agent.app import Agent
 
     n, mode = args.one, args.join
     preload()

@@ -186,8 +186,8 @@ def analyse(rig: common.Rig, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def importtime() -> dict[str, Any]:
-    """`python -X importtime -c "import agent.cli, agent.daemon"`: the slowest imports."""
-    r = subprocess.run([common.PY, "-X", "importtime", "-c", "import agent.cli, agent.daemon"],
+    """`python -X importtime -c "import agent.cli, agent.app"`: the slowest imports."""
+    r = subprocess.run([common.PY, "-X", "importtime", "-c", "import agent.cli, agent.app"],
                        capture_output=True, text=True, timeout=60, check=False, cwd=common.ROOT)
     rows = []
     for line in r.stderr.splitlines():

@@ -22,7 +22,7 @@ T0 = time.monotonic()
 # Exactly what common.FLOOR_IMPORTS names; repeated here so that this process imports nothing
 # else before the first stage.
 FLOOR = ("asyncio", "httpx", "aiomqtt", "structlog", "tenacity", "psutil", "yaml", "nacl.signing")
-AGENT_EAGER = ("agent.cli", "agent.daemon")
+AGENT_EAGER = ("agent.cli", "agent.app")
 # What a running agent imports after start (seen by running this probe with both lists empty
 # and reading `loaded_at_runtime`): the checks on its first preflight, the broker link, the
 # controller client, the nodeadm runner; and what httpx imports on its first request.
@@ -67,7 +67,7 @@ def main() -> int:
     floor_modules = set(sys.modules)
     for mod in AGENT_EAGER:
         __import__(mod)
-    stage("+ agent eager imports (agent.cli, agent.daemon)")
+    stage("+ agent eager imports (agent.cli, agent.app)")
     for mod in AGENT_LAZY:
         __import__(mod)
     stage("+ agent lazy imports (checks, link, controller, nodeadm runner)")
@@ -80,8 +80,8 @@ def main() -> int:
     import json
     from pathlib import Path
 
+    from agent.app import Agent
     from agent.core.config import load_config
-    from agent.daemon import Agent
 
     cfg = load_config(Path(config_path), {})
     log_file = (Path(config_path).parent / "probe-agent.log").open("w")

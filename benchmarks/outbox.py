@@ -65,8 +65,8 @@ def main() -> int:
 
 
 async def run(rig: common.Rig, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from agent.app import Agent
     from agent.core.config import load_config
-    from agent.daemon import Agent
 
     uid = "edge-bench-outbox"
     h = rig.host("host", uid, local=True, mqtt={"max_backoff_s": 1})

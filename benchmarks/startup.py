@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 TARGET_S = 1.0
-BEFORE_READY = ("agent.cli", "agent.daemon", "agent.link.mqtt", "agent.link.controller")
+BEFORE_READY = ("agent.cli", "agent.app", "agent.link.mqtt", "agent.link.controller")
 
 
 def main() -> int:
@@ -232,8 +232,8 @@ def probe(config: Path, t0: float) -> int:
 
     t_asyncio = time.time()
     import agent.cli  # noqa: F401 - what `python -m agent` imports first
+    from agent.app import Agent
     from agent.core.config import load_config
-    from agent.daemon import Agent
 
     t_imports = time.time()
     cfg = load_config(config, os.environ)

@@ -11,7 +11,7 @@ journal is rewritten atomically (temp file, fsync, rename) at load and whenever 
 more than twice as many lines as live entries.
 
 Forgetting is safe only because of the clock: an entry is pruned once its expiry plus
-`max_skew_s` is behind the never-backwards clock (agent/core/monotonic.py), after which the
+`max_skew_s` is behind the never-backwards clock (agent/state/clock.py), after which the
 envelope's own window check refuses the id as `expired`. The margin covers what the clock
 may lose in a crash (its `persist_every_s` must not exceed `max_skew_s`). The ledger holds
 at most `max_entries` ids; when full, it first prunes, then forgets final entries already

@@ -316,7 +316,7 @@ def validate_envelope(
 ) -> CommandEnvelope:
     """Run the contract's checks in order, up to the signature; raise the first failure.
 
-    `now` must come from a clock that never goes backwards (agent/core/monotonic.py).
+    `now` must come from a clock that never goes backwards (agent/state/clock.py).
     `verify(message, signature)` must return a bool and never raise; with `verify=None`
     every signed envelope is refused, since there is no key to check it against.
     `allow_unsigned` (development only) lets an envelope without `sig` through; a present

@@ -14,227 +14,20 @@ The rules an operator relies on:
 - an interrupted installing/joining/upgrading/uninstalling re-runs that step after a restart.
 """
 
+# ruff: noqa: F405 - the names come from agent.core.phases (the star import below)
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from types import MappingProxyType
+from dataclasses import replace
 from typing import Any
 
 from agent.core.assignment import Assignment
 from agent.core.backoff import capped_exponential
 from agent.core.codes import Step
 
-
-class Phase(StrEnum):
-    STARTING = "starting"
-    REGISTERING = "registering"
-    AWAITING_ASSIGNMENT = "awaiting_assignment"
-    PREFLIGHT = "preflight"
-    PREFLIGHT_FAILED = "preflight_failed"
-    INSTALLING = "installing"
-    JOINING = "joining"
-    JOINED = "joined"
-    DEGRADED = "degraded"
-    FAILED = "failed"
-    UPGRADING = "upgrading"
-    UNINSTALLING = "uninstalling"
-    UNINSTALLED = "uninstalled"
-
-
-# Phases in which a nodeadm step is (or was, before a crash) running.
-RUNNING_PHASES = MappingProxyType(
-    {
-        Phase.INSTALLING: Step.INSTALL,
-        Phase.JOINING: Step.INIT,
-        Phase.UPGRADING: Step.UPGRADE,
-        Phase.UNINSTALLING: Step.UNINSTALL,
-    }
-)
-NODE_PHASES = frozenset({Phase.JOINED, Phase.DEGRADED})
-# Errors of the agent's links (controller, broker) rather than of the host's lifecycle.
-LINK_CODES = frozenset(
-    {
-        "controller_unreachable",
-        "registration_failed",
-        "registration_refused",
-        "uid_conflict",
-        "broker_unreachable",
-        "broker_refused",
-    }
-)
-
-
-class Op(StrEnum):
-    """What the agent is trying to achieve; kept so a retry resumes the right thing."""
-
-    JOIN = "join"
-    UPGRADE = "upgrade"
-    REJOIN = "rejoin"  # uninstall, then a fresh join (new cluster or provider)
-    UNINSTALL = "uninstall"
-
-
-@dataclass(frozen=True)
-class LastError:
-    code: str
-    message: str
-    ts: float
-
-
-@dataclass(frozen=True)
-class Policy:
-    auto_join: bool = True
-    appliance: bool = False
-    retry_backoff_s: float = 60.0
-    retry_cap_s: float = 1800.0
-    degraded_after_s: float = 120.0
-
-
-@dataclass(frozen=True)
-class State:
-    phase: Phase = Phase.STARTING
-    phase_since: float = 0.0
-    reason: str = ""
-    assignment: Assignment | None = None
-    op: Op | None = None
-    op_args: dict[str, Any] = field(default_factory=dict)
-    installed_version: str | None = None  # what the agent installed: the tracker holds none
-    joined_identity: tuple[str, str, str] | None = None
-    node_name: str | None = None
-    last_error: LastError | None = None
-    failures: int = 0
-    retry_at: float | None = None
-    unhealthy_since: float | None = None
-
-    @property
-    def installed_minor(self) -> str | None:
-        v = self.installed_version
-        return ".".join(v.split(".")[:2]) if v else None
-
-
-# ---- events ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Boot:
-    registering: bool  # a controller is configured
-
-
-@dataclass(frozen=True)
-class Registered:
-    pass
-
-
-@dataclass(frozen=True)
-class AssignmentArrived:
-    assignment: Assignment
-
-
-@dataclass(frozen=True)
-class AssignmentInvalid:
-    message: str
-
-
-@dataclass(frozen=True)
-class ErrorSeen:
-    """An error outside the lifecycle's own steps (controller, broker); shown, phase kept."""
-
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class ErrorCleared:
-    code: str
-
-
-@dataclass(frozen=True)
-class ChecksDone:
-    blocking: tuple[str, ...]  # ids of failed/errored checks
-    tracker_present: bool
-    canceled: bool = False
-
-
-@dataclass(frozen=True)
-class StepDone:
-    step: Step
-    ok: bool
-    code: str | None = None
-    message: str = ""
-    node_name: str | None = None
-    canceled: bool = False
-
-
-@dataclass(frozen=True)
-class Tick:
-    pass
-
-
-@dataclass(frozen=True)
-class JoinRequested:
-    pass
-
-
-@dataclass(frozen=True)
-class UpgradeRequested:
-    kubernetes_version: str
-    drained: bool
-
-
-@dataclass(frozen=True)
-class UninstallRequested:
-    force: bool
-    drained: bool
-
-
-@dataclass(frozen=True)
-class HealthObserved:
-    healthy: bool
-
-
-Event = (
-    Boot
-    | Registered
-    | AssignmentArrived
-    | AssignmentInvalid
-    | ErrorSeen
-    | ErrorCleared
-    | ChecksDone
-    | StepDone
-    | Tick
-    | JoinRequested
-    | UpgradeRequested
-    | UninstallRequested
-    | HealthObserved
-)
-
-# ---- actions ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunChecks:
-    pass
-
-
-@dataclass(frozen=True)
-class RunStep:
-    step: Step
-    args: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Note:
-    """Something worth an event that is not a phase change (e.g. an ignored assignment)."""
-
-    type: str
-    message: str
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
-Action = RunChecks | RunStep | Note
-
+# The vocabulary (phases, state, events, actions) is used here and re-exported, so callers
+# say `lifecycle.Phase` as they always have.
+from agent.core.phases import *  # noqa: F403
+from agent.core.recovery import recovered_state
 
 # ---- helpers ----------------------------------------------------------------------------------
 
@@ -325,6 +118,11 @@ def step(s: State, ev: Event, now: float, p: Policy) -> tuple[State, list[Action
             )
         case HealthObserved():
             return _health(s, ev.healthy, now, p)
+        case HostRecovered():
+            # Rebuilt between two steps of the machine, then the assignment is taken as
+            # any other: a joined host keeps it, a fresh one starts its join.
+            s = recovered_state(s, ev.assignment, ev.facts, now)
+            return _assignment(s, ev.assignment, now, p)
     return s, []
 
 
@@ -602,41 +400,3 @@ def _health(s: State, healthy: bool, now: float, p: Policy) -> tuple[State, list
             s, Phase.DEGRADED, now, f"unhealthy for {now - since:.0f} s", unhealthy_since=since
         ), []
     return (replace(s, unhealthy_since=since) if s.unhealthy_since != since else s), []
-
-
-# ---- persistence form -------------------------------------------------------------------------
-
-
-def to_json(s: State) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        f.name: getattr(s, f.name)
-        for f in dataclasses.fields(s)
-        if f.name not in ("assignment", "last_error", "joined_identity")
-    }
-    out["phase"] = str(s.phase)
-    out["op"] = str(s.op) if s.op else None
-    out["assignment"] = dict(s.assignment.raw) if s.assignment else None
-    out["last_error"] = dataclasses.asdict(s.last_error) if s.last_error else None
-    out["joined_identity"] = list(s.joined_identity) if s.joined_identity else None
-    return out
-
-
-def from_json(d: dict[str, Any], parse: Any) -> State:
-    """Rebuild a State; ``parse`` turns the raw assignment dict into an `Assignment`."""
-    le = d.get("last_error")
-    ident: Sequence[str] | None = d.get("joined_identity")
-    return State(
-        phase=Phase(d.get("phase", "starting")),
-        phase_since=float(d.get("phase_since") or 0.0),
-        reason=str(d.get("reason") or ""),
-        assignment=parse(d["assignment"]) if d.get("assignment") else None,
-        op=Op(d["op"]) if d.get("op") else None,
-        op_args=dict(d.get("op_args") or {}),
-        installed_version=d.get("installed_version"),
-        joined_identity=(str(ident[0]), str(ident[1]), str(ident[2])) if ident else None,
-        node_name=d.get("node_name"),
-        last_error=LastError(str(le["code"]), str(le["message"]), float(le["ts"])) if le else None,
-        failures=int(d.get("failures") or 0),
-        retry_at=d.get("retry_at"),
-        unhealthy_since=d.get("unhealthy_since"),
-    )

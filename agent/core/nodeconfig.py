@@ -5,21 +5,18 @@ cluster, hybrid credentials (SSM activation or IAM Roles Anywhere) and kubelet f
 from the assignment's labels, taints and node IP. It refuses what nodeadm's strict validator
 would refuse later on the host, so a bad assignment fails here with a clear message rather
 than minutes into a join. `dump_nodeconfig` serialises it, `redact_nodeconfig` makes a copy
-safe to show (the activation code is a credential), and `write_nodeconfig` is the one
-impure helper: an atomic 0600 write to ``nodeadm.config_path``.
+safe to show (the activation code is a credential). Writing it to the host is
+agent/host/nodeconfig_file.py's job.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from agent.core.assignment import Assignment
-from agent.state.atomic import write_bytes
 
 API_VERSION = "node.eks.aws/v1alpha1"
 KIND = "NodeConfig"
@@ -122,22 +119,3 @@ def redact_nodeconfig(doc: dict[str, Any]) -> dict[str, Any]:
     if isinstance(ssm, dict) and "activationCode" in ssm:
         ssm["activationCode"] = REDACTED
     return out
-
-
-def write_nodeconfig(path: Path, a: Assignment) -> None:
-    """Render and write atomically with mode 0600 (it holds the activation code).
-
-    A missing parent (``/etc/edge-agent`` on a fresh host) is created 0755 regardless of
-    the agent's umask (systemd gives it 0077): it is a configuration directory that
-    operators list, and the secret itself is protected by the file's own mode.
-    """
-    data = dump_nodeconfig(render_nodeconfig(a))
-    missing: list[Path] = []
-    parent = path.parent
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for d in reversed(missing):
-        d.mkdir(exist_ok=True)
-        os.chmod(d, 0o755)  # noqa: S103 - a config directory; the file itself is 0600
-    write_bytes(path, data, 0o600)

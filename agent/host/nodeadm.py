@@ -36,7 +36,6 @@ from agent.core.nodeadm_errors import (
     scrub,
     scrub_line,
 )
-from agent.core.nodeconfig import write_nodeconfig
 from agent.host.hostroot import HostRoot
 from agent.host.nodeadm_proc import (
     Log,
@@ -47,6 +46,7 @@ from agent.host.nodeadm_proc import (
     run_step,
     systemd_run_argv,
 )
+from agent.host.nodeconfig_file import write_nodeconfig
 from agent.host.proc import ProcessError, transient, use_transient_units
 from agent.host.proc import run as run_program
 

@@ -16,12 +16,12 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.core import lifecycle
-from agent.core.assignment import Assignment, AssignmentError, parse_assignment
+from agent.core.assignment import AssignmentError, parse_assignment
 from agent.state.atomic import write_bytes, write_json
 
 SCHEMA_VERSION = 1
@@ -39,59 +39,6 @@ class Loaded:
     # A state existed (a file was there) but neither copy was usable: what the agent had
     # done is unknown, and the host must be asked before anything is re-run.
     lost: bool = False
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What the host itself shows of an earlier join (contract §6 calls these the facts)."""
-
-    tracker: bool  # nodeadm's tracker exists under the host root: an install finished
-    kubelet: str  # `systemctl is-active kubelet`
-    node_name: str | None  # the SSM managed instance id, or the IAM Roles Anywhere node name
-
-
-def recovered_state(
-    state: lifecycle.State, a: Assignment, facts: HostFacts, now: float
-) -> tuple[lifecycle.State, str]:
-    """The state of a host whose agent lost its own (both state files unreadable).
-
-    The rule: tracker present, kubelet ``active`` and a node identity (SSM registration, or
-    the IAM-RA node name) mean the host is joined: resume in ``joined`` with the assignment's
-    Kubernetes version, running nothing. The tracker alone means an install finished: record
-    the assignment's version as installed, so the join's preflight skips install and runs
-    ``nodeadm init`` only. Nothing at all: a fresh join. The tracker holds no version, so the
-    assignment's is assumed; a host installed with another version is caught by nodeadm
-    (init) or by the next upgrade, as it would be for any host.
-    """
-    seen = (
-        f"tracker {'present' if facts.tracker else 'absent'}, kubelet {facts.kubelet}, "
-        f"node {facts.node_name or 'not registered'}"
-    )
-    if facts.tracker and facts.kubelet == "active" and facts.node_name:
-        reason = f"recovered from the host ({seen}): already joined"
-        joined = replace(
-            state,
-            phase=lifecycle.Phase.JOINED,
-            phase_since=now,
-            reason=reason,
-            assignment=a,
-            op=None,
-            op_args={},
-            installed_version=a.kubernetes_version,
-            joined_identity=a.identity(),
-            node_name=facts.node_name,
-            failures=0,
-            retry_at=None,
-            unhealthy_since=None,
-        )
-        return joined, reason
-    if facts.tracker:
-        reason = (
-            f"recovered from the host ({seen}): Kubernetes {a.kubernetes_version} taken as "
-            "installed; the join runs nodeadm init only"
-        )
-        return replace(state, installed_version=a.kubernetes_version), reason
-    return state, f"nothing done on the host ({seen}): a fresh join"
 
 
 class StateStore:

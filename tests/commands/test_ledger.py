@@ -30,8 +30,8 @@ from agent.commands.ledger import (
 )
 from agent.commands.signature import load_public_key
 from agent.core.envelope import CommandEnvelope, Rejection, validate_envelope
-from agent.core.monotonic import NeverBackwardsClock
 from agent.core.timefmt import iso, parse_iso
+from agent.state.clock import NeverBackwardsClock
 
 T0 = parse_iso("2026-11-26T17:00:00.000Z")
 DAY = 86400.0

@@ -32,8 +32,8 @@ from agent.commands.handlers import build_specs
 from agent.commands.ledger import CommandLedger
 from agent.commands.signature import load_public_key
 from agent.core.envelope import REJECTION_ORDER
-from agent.core.monotonic import NeverBackwardsClock
 from agent.logs import LevelHolder, make_logger
+from agent.state.clock import NeverBackwardsClock
 from devtools.signer import CommandSigner, iso, new_command_id
 
 UID = "edge-fuzz-1"

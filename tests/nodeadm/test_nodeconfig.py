@@ -9,12 +9,8 @@ import pytest
 import yaml
 
 from agent.core.assignment import parse_assignment
-from agent.core.nodeconfig import (
-    dump_nodeconfig,
-    redact_nodeconfig,
-    render_nodeconfig,
-    write_nodeconfig,
-)
+from agent.core.nodeconfig import dump_nodeconfig, redact_nodeconfig, render_nodeconfig
+from agent.host.nodeconfig_file import write_nodeconfig
 from tests.nodeadm.samples import ACTIVATION_CODE, ACTIVATION_ID, IRA, SSM, doc
 
 

@@ -1,0 +1,173 @@
+"""The lifecycle's effects on the host: preflight checks, nodeadm steps, health.
+
+`LifecycleEffects` is the driver's step and checks runner: it runs the checks and records
+their results, runs one nodeadm step per `Step` (dispatched with ``match``, so a name the
+lifecycle does not know fails instead of falling into some default), and turns nodeadm's log
+lines into events. `HealthMonitor` samples the host and kubelet, publishes health and tells
+the lifecycle whether a joined node is healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, assert_never
+
+from agent.core import lifecycle as lc
+from agent.core.checks import CheckResult
+from agent.core.codes import Step
+from agent.core.config import Config
+from agent.core.nodeadm_errors import NodeadmLine
+from agent.driver import LifecycleDriver
+from agent.host.hostroot import HostRoot
+from agent.host.metrics import HealthSampler, host_addresses, kubelet_healthz
+from agent.host.nodeadm import NodeadmRunner
+from agent.host.proc import ProcessError, run
+from agent.logs import Log
+from agent.outbound import Outbound
+from agent.state.record import Record
+
+
+async def service_states(systemctl: str, units: tuple[str, ...]) -> dict[str, str]:
+    """`systemctl is-active` for each unit; ``unknown`` for anything else or a failed run."""
+    try:
+        res = await run([systemctl, "is-active", *units], timeout=10)
+    except ProcessError:
+        return dict.fromkeys(units, "unknown")
+    lines = res.stdout.split()
+    known = {"active", "inactive", "failed"}
+    return {
+        u: (lines[i] if i < len(lines) and lines[i] in known else "unknown")
+        for i, u in enumerate(units)
+    }
+
+
+class LifecycleEffects:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        host: HostRoot,
+        out: Outbound,
+        record: Record,
+        save: Callable[[], None],
+        now: Callable[[], float],
+        secrets: Callable[[], list[str]],
+        log: Log,
+    ) -> None:
+        self._config = config
+        self._host = host
+        self.runner = NodeadmRunner(
+            config, host, on_line=self.on_nodeadm_line, log=log, secrets=secrets
+        )
+        self._out = out
+        self._record = record
+        self._save = save  # persists the current lifecycle state with the record
+        self._now = now
+        self._log = log
+
+    def configure(self, config: Config) -> None:
+        """A reload: the next check run and nodeadm step use the new settings."""
+        self._config = config
+        self.runner.configure(config)
+
+    async def run_preflight(self, state: lc.State) -> list[CheckResult]:
+        return await self.run_checks(None, state)
+
+    async def run_checks(self, only: list[str] | None, state: lc.State) -> list[CheckResult]:
+        """Run the checks (all of them when ``only`` is None, and then remember the run)."""
+        from agent.checks.base import CheckContext
+        from agent.checks.runner import run_checks
+
+        ctx = CheckContext(
+            config=self._config,
+            host=self._host,
+            assignment=state.assignment,
+            state_dir=self._config.state_dir,
+            installed_minor=state.installed_minor,
+            addresses=host_addresses(),
+            now=self._now(),
+            allow_changes=True,
+            log=self._log,
+        )
+        results = await run_checks(ctx, only)
+        for r in results:
+            self._out.emit("check", r.to_dict())
+            if r.id == "nodeadm.binary" and r.details.get("version"):
+                self._record.nodeadm_version = str(r.details["version"])
+        if only is None:
+            self._record.checks = [r.to_dict() for r in results]
+            self._record.checks_ts = self._now()
+            self._save()
+            self._out.publish_status()
+        return results
+
+    async def run_step(self, step: Step, args: dict[str, Any], state: lc.State) -> lc.StepDone:
+        a = state.assignment
+        cfg_path = self._config.nodeadm.config_path
+        match step:
+            case Step.INSTALL:
+                assert a is not None
+                out = await self.runner.install(a)
+            case Step.INIT:
+                assert a is not None
+                out = await self.runner.init(a, cfg_path)
+            case Step.UPGRADE:
+                assert a is not None
+                version = str(args.get("kubernetes_version") or a.kubernetes_version)
+                target = replace(a, kubernetes_version=version)
+                out = await self.runner.upgrade(target, cfg_path, drained=bool(args.get("drained")))
+            case Step.UNINSTALL:
+                out = await self.runner.uninstall(
+                    force=bool(args.get("force")),
+                    drained=bool(args.get("drained")),
+                    remove_kubelet_certs=bool(args.get("remove_kubelet_certs")),
+                )
+            case _:
+                # An unknown name must fail, never fall into some default (it once ran
+                # uninstall); mypy proves every Step is handled above.
+                assert_never(step)
+        if out.canceled:
+            raise asyncio.CancelledError
+        if not out.ok:
+            self._out.error(out.code or "nodeadm_failed", out.message, step=step)
+        return lc.StepDone(
+            step, ok=out.ok, code=out.code, message=out.message, node_name=out.node_name
+        )
+
+    def on_nodeadm_line(self, step: str, line: NodeadmLine) -> None:
+        self._out.emit(
+            "nodeadm",
+            {"step": step, "level": line.level, "msg": line.msg, "fields": dict(line.fields)},
+        )
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sampler: HealthSampler,
+        driver: LifecycleDriver,
+        out: Outbound,
+    ) -> None:
+        self._config = config
+        self._sampler = sampler
+        self._driver = driver
+        self._out = out
+
+    def configure(self, config: Config) -> None:
+        self._config = config
+
+    async def once(self) -> None:
+        sample = self._sampler.sample()
+        services = await service_states(self._config.programs.systemctl, ("kubelet", "containerd"))
+        healthz = await kubelet_healthz(self._config.health.kubelet_healthz_url)
+        self._out.health({**sample, "services": services, "kubelet_healthz": healthz})
+        if self._driver.state.phase in lc.NODE_PHASES:
+            healthy = all(v == "active" for v in services.values()) and healthz == "ok"
+            self._driver.post(lc.HealthObserved(healthy))
+
+
+__all__ = ["HealthMonitor", "LifecycleEffects", "service_states"]
