@@ -26,6 +26,7 @@ from agent.commands.dispatcher import Dispatcher
 from agent.commands.handlers import build_specs
 from agent.commands.ledger import CommandLedger
 from agent.core import lifecycle as lc
+from agent.core.codes import BROKER_CODES, ErrorCode
 from agent.core.config import Config
 from agent.driver import LifecycleDriver
 from agent.effects import HealthMonitor, LifecycleEffects, service_states
@@ -45,8 +46,6 @@ from agent.status import build_status
 
 if TYPE_CHECKING:
     from agent.link.mqtt import MqttLink
-
-_LINK_CODES = ("uid_conflict", "broker_unreachable", "broker_refused")
 
 
 class _Stop(Exception):
@@ -239,7 +238,7 @@ class Agent:
             self.log.info("commands.key_reloaded", fingerprint=fingerprint)
             return
         self.log.error("commands.key_unusable", error=error)
-        self.out.error("config_invalid", f"commands: {error}")
+        self.out.error(ErrorCode.CONFIG_INVALID, f"commands: {error}")
 
     def _make_link(self) -> MqttLink:
         from agent.link.mqtt import MqttLink
@@ -266,7 +265,7 @@ class Agent:
 
     def _on_link_error(self, code: str | None, message: str | None) -> None:
         if code is None:
-            for c in _LINK_CODES:
+            for c in BROKER_CODES:
                 self.driver.post(lc.ErrorCleared(c))
             return
         self.driver.post(lc.ErrorSeen(code, message or code))
@@ -283,13 +282,13 @@ class Agent:
         for problem in self.problems:
             # Said once per start, as an event too: the controller must learn that this
             # host's state was damaged, not only whoever reads the journal.
-            self.out.error("state_corrupt", problem)
+            self.out.error(ErrorCode.STATE_CORRUPT, problem)
         self.out.publish_status()
         self.notifier.ready(status=str(self.driver.state.phase))
         self._announce()
         orphan = await self.effects.runner.end_orphan()
         if orphan:
-            self.out.error("nodeadm_orphan", orphan)
+            self.out.error(ErrorCode.NODEADM_ORPHAN, orphan)
         self.dispatcher.finish_interrupted()
         self.driver.post(lc.Boot(registering=self.assignments.controller is not None))
         self.assignments.offer_file()

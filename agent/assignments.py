@@ -24,6 +24,7 @@ from agent import __version__
 from agent.commands.dispatcher import CommandFailed
 from agent.core import lifecycle as lc
 from agent.core.assignment import Assignment, AssignmentError, parse_assignment
+from agent.core.codes import CONTROLLER_CODES, ErrorCode
 from agent.core.config import Config
 from agent.core.recovery import HostFacts, recovery_reason
 from agent.driver import LifecycleDriver
@@ -36,12 +37,6 @@ from agent.state.record import Record
 if TYPE_CHECKING:
     from agent.link.controller import ControllerClient
 
-CONTROLLER_CODES = (
-    "controller_unreachable",
-    "registration_failed",
-    "registration_refused",
-    "uid_conflict",
-)
 _REREGISTERED = "registered again: the controller refused the host token"
 
 
@@ -108,7 +103,7 @@ class AssignmentSource:
             a = parse_assignment(doc)
         except AssignmentError as e:
             self._log.error("assignment.invalid", source=source, error=str(e))
-            self._out.error("bad_assignment", str(e))
+            self._out.error(ErrorCode.BAD_ASSIGNMENT, str(e))
             self._driver.post(lc.AssignmentInvalid(str(e)))
             return None
         if self._must_recover():
@@ -129,7 +124,7 @@ class AssignmentSource:
             doc = load_assignment_file(path)
         except (OSError, ValueError, yaml.YAMLError) as e:
             msg = f"cannot read assignment_file {path}: {e}"
-            self._out.error("bad_assignment", msg)
+            self._out.error(ErrorCode.BAD_ASSIGNMENT, msg)
             self._driver.post(lc.AssignmentInvalid(msg))
             return
         self.offer(doc, str(path))
@@ -157,7 +152,7 @@ class AssignmentSource:
             facts = HostFacts(tracker=False, kubelet="unknown", node_name=None)
         reason = recovery_reason(a, facts)
         self._log.warning("state.recovered_from_host", reason=reason)
-        self._out.error("state_lost", f"the state was lost; {reason}")
+        self._out.error(ErrorCode.STATE_LOST, f"the state was lost; {reason}")
         self._record.recovered()
         # The latest assignment offered while the host was being asked is the one acted on.
         latest = self._held
@@ -257,7 +252,7 @@ class AssignmentSource:
         last = self._driver.state.last_error
         if last is None or last.code != code:
             self._out.emit(
-                "registration" if code != "controller_unreachable" else "error",
+                "registration" if code != ErrorCode.CONTROLLER_UNREACHABLE else "error",
                 {"state": "failed", "code": code, "message": message},
             )
         self._driver.post(lc.ErrorSeen(code, message))

@@ -18,6 +18,7 @@ from typing import Any
 from agent.core import lifecycle as lc
 from agent.core.checks import CheckResult
 from agent.core.codes import Step
+from agent.logs import Log
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class LifecycleDriver:
         emit: Callable[[str, dict[str, Any]], None],
         on_change: Callable[[lc.State, lc.State], None],
         now: Callable[[], float],
-        log: Any,
+        log: Log,
         heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.state = state

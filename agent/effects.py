@@ -16,7 +16,7 @@ from typing import Any, assert_never
 
 from agent.core import lifecycle as lc
 from agent.core.checks import CheckResult
-from agent.core.codes import Step
+from agent.core.codes import ErrorCode, Step
 from agent.core.config import Config
 from agent.core.nodeadm_errors import NodeadmLine
 from agent.driver import LifecycleDriver
@@ -131,7 +131,7 @@ class LifecycleEffects:
         if out.canceled:
             raise asyncio.CancelledError
         if not out.ok:
-            self._out.error(out.code or "nodeadm_failed", out.message, step=step)
+            self._out.error(out.code or ErrorCode.NODEADM_FAILED, out.message, step=step)
         return lc.StepDone(
             step, ok=out.ok, code=out.code, message=out.message, node_name=out.node_name
         )

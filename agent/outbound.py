@@ -76,7 +76,7 @@ class Outbound:
             kind = Kind.NODEADM_EVENT if type_ == "nodeadm" else Kind.EVENT
             self._link.send(kind, "events", payload)
 
-    def error(self, code: str, message: str, **fields: Any) -> None:
+    def error(self, code: str, message: str, **fields: object) -> None:
         self.emit("error", {"code": code, "message": message, **fields})
 
     def reply(self, reply: dict[str, Any]) -> None:

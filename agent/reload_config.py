@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from agent.commands.dispatcher import Dispatcher
 from agent.commands.signature import BadPublicKey, KeyFile
 from agent.core import lifecycle as lc
+from agent.core.codes import ErrorCode
 from agent.core.config import Config, ConfigError, ConfigMissing, load_config
 from agent.core.reload import ConfigChange, config_change
 from agent.driver import LifecycleDriver
@@ -80,7 +81,7 @@ class Reloader:
                 key = command_key(new, self._key_changed)
         except (ConfigError, ConfigMissing, BadPublicKey) as e:
             self._log.error("config.reload_refused", error=str(e))
-            self._out.error("config_invalid", f"reload refused: {e}")
+            self._out.error(ErrorCode.CONFIG_INVALID, f"reload refused: {e}")
             return
         change = config_change(self.config, new)
         self.config, self._key = new, key
@@ -90,7 +91,7 @@ class Reloader:
         self._out.emit("config", {"state": "reloaded", "live": live, "needs_restart": restart})
         if restart:
             self._out.error(
-                "config_needs_restart", f"changed {', '.join(restart)}: restart the agent"
+                ErrorCode.CONFIG_NEEDS_RESTART, f"changed {', '.join(restart)}: restart the agent"
             )
         if new.assignment_file is not None:
             self._offer_assignment_file()

@@ -18,16 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.commands.ledger import CommandLedger, LedgerFull
+from agent.core.codes import FINAL_STATES, CommandState
 from agent.core.envelope import CommandEnvelope, Rejection, validate_envelope
+from agent.core.errors import AgentError
+from agent.logs import Log
 
-FINAL = frozenset({"succeeded", "failed", "canceled", "timed_out", "rejected"})
+FINAL = FINAL_STATES
 
 
-class ArgsError(ValueError):
+class ArgsError(AgentError, ValueError):
     """The command's ``args`` do not fit its declaration: ``bad_args``."""
 
 
-class CommandFailed(Exception):
+class CommandFailed(AgentError):
     """The command ran and failed; ``code`` goes to the reply's ``error.code``."""
 
     def __init__(self, code: str, message: str, result: dict[str, Any] | None = None) -> None:
@@ -65,7 +68,7 @@ class _Running:
     envelope: CommandEnvelope
     spec: CommandSpec
     task: asyncio.Task[None] | None = None
-    state: str = "accepted"
+    state: CommandState = CommandState.ACCEPTED
     progress: int | None = None
 
 
@@ -85,7 +88,7 @@ class Dispatcher:
         send_reply: Callable[[dict[str, Any]], None],
         send_error: Callable[[str, str], None],
         external_busy: Callable[[], str | None],
-        log: Any,
+        log: Log,
     ) -> None:
         self.uid = uid
         self.specs = specs
@@ -155,7 +158,7 @@ class Dispatcher:
                     r.code, f"refused a message reusing command id {r.command_id}: {r.message}"
                 )
             else:
-                self._reply(r.command_id, None, "rejected", error=(r.code, r.message))
+                self._reply(r.command_id, None, CommandState.REJECTED, error=(r.code, r.message))
             return
         seen = self.ledger.lookup(env.id)
         if seen is not None:
@@ -179,7 +182,7 @@ class Dispatcher:
         try:
             self.ledger.record_start(env)
         except LedgerFull as e:
-            self._reply(env.id, env.name, "rejected", error=("busy", str(e)))
+            self._reply(env.id, env.name, CommandState.REJECTED, error=("busy", str(e)))
             return
         except OSError as e:
             # A command that cannot be recorded must not run: a repeat after a restart could
@@ -187,7 +190,7 @@ class Dispatcher:
             self._reply(
                 env.id,
                 env.name,
-                "rejected",
+                CommandState.REJECTED,
                 error=("busy", f"cannot record the command in the state directory: {e.strerror}"),
             )
             return
@@ -199,13 +202,13 @@ class Dispatcher:
                 code=rejection[0],
                 reason=rejection[1],
             )
-            self._reply(env.id, env.name, "rejected", error=rejection, record=True)
+            self._reply(env.id, env.name, CommandState.REJECTED, error=rejection, record=True)
             return
         assert spec is not None
         run = _Running(env, spec)
         self.running[env.id] = run
         self._log.info("command.accepted", command_id=env.id, name=env.name)
-        self._reply(env.id, env.name, "accepted")
+        self._reply(env.id, env.name, CommandState.ACCEPTED)
         run.task = asyncio.create_task(self._execute(run, args), name=f"command-{env.name}")
         run.task.add_done_callback(functools.partial(self._never_started, run))
 
@@ -228,7 +231,7 @@ class Dispatcher:
         self._reply(
             env.id,
             env.name,
-            running.state if running else state,
+            running.state if running else CommandState(state),
             progress=running.progress if running else None,
             duplicate=True,
             message="already running",
@@ -239,31 +242,36 @@ class Dispatcher:
         env, spec = run.envelope, run.spec
 
         def progress(percent: int | None, message: str) -> None:
-            run.state, run.progress = "in_progress", percent
-            self.ledger.record_progress(env.id, "in_progress")
-            self._reply(env.id, env.name, "in_progress", progress=percent, message=message)
+            run.state, run.progress = CommandState.IN_PROGRESS, percent
+            self.ledger.record_progress(env.id, CommandState.IN_PROGRESS)
+            self._reply(
+                env.id, env.name, CommandState.IN_PROGRESS, progress=percent, message=message
+            )
 
-        state, result, error, message = "succeeded", None, None, ""
+        state, result, error, message = CommandState.SUCCEEDED, None, None, ""
         try:
             async with asyncio.timeout(spec.timeout_s):
                 result = await spec.run(args, Progress(progress))
         except TimeoutError:
-            state, error = "timed_out", ("timed_out", f"did not finish within {spec.timeout_s:g} s")
+            state, error = (
+                CommandState.TIMED_OUT,
+                ("timed_out", f"did not finish within {spec.timeout_s:g} s"),
+            )
             if spec.on_cancel:
                 spec.on_cancel()
         except asyncio.CancelledError:
             why = "the agent is stopping" if self._closing else "canceled by a cancel command"
-            state, error = "canceled", ("canceled", why)
+            state, error = CommandState.CANCELED, ("canceled", why)
             if spec.on_cancel:
                 spec.on_cancel()
         except CommandFailed as e:
-            state, error, result = "failed", (e.code, e.message), e.result
+            state, error, result = CommandState.FAILED, (e.code, e.message), e.result
         except Exception as e:  # noqa: BLE001 - one command's bug must not kill the agent
             self._log.error("command.crashed", command_id=env.id, error=str(e), exc_info=True)
-            state, error = "failed", ("internal_error", str(e))
+            state, error = CommandState.FAILED, ("internal_error", str(e))
         finally:
             self.running.pop(env.id, None)
-        if state == "succeeded":
+        if state == CommandState.SUCCEEDED:
             message = "done"
         self._reply(
             env.id,
@@ -271,7 +279,7 @@ class Dispatcher:
             state,
             result=result,
             error=error,
-            progress=100 if state == "succeeded" else run.progress,
+            progress=100 if state == CommandState.SUCCEEDED else run.progress,
             message=message or (error[1] if error else ""),
             record=True,
         )
@@ -285,7 +293,7 @@ class Dispatcher:
         self._reply(
             run.envelope.id,
             run.spec.name,
-            "canceled",
+            CommandState.CANCELED,
             error=("canceled", "canceled before it started"),
             record=True,
         )
@@ -312,7 +320,7 @@ class Dispatcher:
             self._reply(
                 entry.id,
                 entry.name,
-                "failed",
+                CommandState.FAILED,
                 error=("agent_restarted", "the agent restarted while the command ran"),
                 record=True,
             )
@@ -322,7 +330,7 @@ class Dispatcher:
         self,
         command_id: str,
         name: str | None,
-        state: str,
+        state: CommandState,
         *,
         result: dict[str, Any] | None = None,
         error: tuple[str, str] | None = None,

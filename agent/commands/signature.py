@@ -30,6 +30,8 @@ from typing import Final
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from agent.core.errors import AgentError
+
 __all__ = ["BadPublicKey", "KeyFile", "Verifier", "load_public_key", "load_public_key_file"]
 
 # SEQUENCE(42) { SEQUENCE(5) { OID 1.3.101.112 } BIT STRING(33, 0 unused bits) }, RFC 8410.
@@ -51,7 +53,7 @@ _ALGORITHM_OIDS: Final = (
 )
 
 
-class BadPublicKey(ValueError):
+class BadPublicKey(AgentError, ValueError):
     """The configured public key is not a usable Ed25519 public key; the message says why."""
 
 

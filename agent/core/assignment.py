@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.core.errors import AgentError
+
 _VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
 
 
-class AssignmentError(Exception):
+class AssignmentError(AgentError):
     """The assignment is invalid; ``field`` names the offending key path."""
 
     def __init__(self, path: str, message: str) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
+from agent.core.errors import AgentError
 from agent.core.timefmt import parse_iso
 
 __all__ = [
@@ -71,7 +72,7 @@ class BadJson(ValueError):
     """The payload is not the strict JSON the contract requires; the message says why."""
 
 
-class Rejection(Exception):
+class Rejection(AgentError):
     """A command refused with one of the contract's codes (see `REJECTION_ORDER`).
 
     `command_id` is the id to reply to, or None when no id could be read; the caller then

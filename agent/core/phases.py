@@ -4,14 +4,14 @@ actions it asks for. Plain frozen values; `agent.core.lifecycle.step` gives them
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 from agent.core.assignment import Assignment
-from agent.core.codes import Step
+from agent.core.codes import LINK_CODES, Step
 
 
 class Phase(StrEnum):
@@ -40,17 +40,6 @@ RUNNING_PHASES = MappingProxyType(
     }
 )
 NODE_PHASES = frozenset({Phase.JOINED, Phase.DEGRADED})
-# Errors of the agent's links (controller, broker) rather than of the host's lifecycle.
-LINK_CODES = frozenset(
-    {
-        "controller_unreachable",
-        "registration_failed",
-        "registration_refused",
-        "uid_conflict",
-        "broker_unreachable",
-        "broker_refused",
-    }
-)
 
 
 class Op(StrEnum):
@@ -258,7 +247,7 @@ def to_json(s: State) -> dict[str, Any]:
     return out
 
 
-def from_json(d: dict[str, Any], parse: Any) -> State:
+def from_json(d: dict[str, Any], parse: Callable[[dict[str, Any]], Assignment]) -> State:
     """Rebuild a State; ``parse`` turns the raw assignment dict into an `Assignment`."""
     le = d.get("last_error")
     ident: Sequence[str] | None = d.get("joined_identity")

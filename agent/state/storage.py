@@ -14,13 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.core import lifecycle as lc
+from agent.core.codes import ErrorCode
 from agent.logs import Log
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _code(full: bool) -> str:
-    return "state_storage_full" if full else "state_storage_failed"
+    return ErrorCode.STATE_STORAGE_FULL if full else ErrorCode.STATE_STORAGE_FAILED
 
 
 class StorageHealth:
