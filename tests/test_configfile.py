@@ -3,6 +3,7 @@ environment variable it came from; the command line's exit codes (78 bad, 1 miss
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -169,3 +170,17 @@ def test_cli_names_the_environment_variable_and_the_yaml_error(tmp_path: Path) -
     r = cli("run", "-c", str(tmp_path / "later.yaml"))
     assert r.returncode == 1 and "does not exist" in r.stderr
 
+
+def test_check_with_the_example_config_reports_missing_secrets_as_a_check() -> None:
+    example = str(ROOT / "config.example.yaml")
+    r = cli("run", "-c", example)
+    assert r.returncode == 78 and "controller.registration_token_file: cannot read" in r.stderr
+    r = cli("check", "-c", example, "--json", "--only", "config.files")
+    assert r.returncode == 1, r.stderr
+    [result] = json.loads(r.stdout)["checks"]
+    assert result["id"] == "config.files" and result["status"] == "fail"
+    assert "controller.registration_token_file /etc/edge-agent/registration-token" in (
+        result["message"]
+    )
+    assert "commands.public_key_file /etc/edge-agent/controller-signing.pub" in result["message"]
+    assert "registration token" in result["remedy"]
