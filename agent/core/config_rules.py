@@ -1,6 +1,7 @@
 """The machinery that turns a plain mapping into a frozen config dataclass, by its fields.
 
-A config section is a frozen dataclass; each field's annotation is its type (``bool``,
+A config section is a frozen dataclass (in a module without postponed annotations, so a
+field's type is an object, not text); each field's annotation is its type (``bool``,
 ``int``, ``float``, ``str``, ``Path``, a ``Literal`` of choices, ``tuple[str, ...]``,
 ``Mapping[str, str]``, another section, any of them ``| None``), its default is the
 default, and its `rule` metadata holds the bounds and any check of the value's shape. A
@@ -17,6 +18,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, Union
 
 Complete = Callable[[dict[str, Any]], Iterable[tuple[str, str]]]
@@ -79,9 +81,10 @@ def rule(
     ge: float | None = None,
     check: Callable[[Any], str | None] | None = None,
     derived: bool = False,
-) -> dict[str, Rule]:
+) -> Mapping[str, Rule]:
     """Field metadata: ``field(default=10.0, metadata=rule(gt=0))``."""
-    return {"rule": Rule(gt=gt, ge=ge, check=check, derived=derived)}
+    # Read-only: one metadata value is shared by every field that uses it.
+    return MappingProxyType({"rule": Rule(gt=gt, ge=ge, check=check, derived=derived)})
 
 
 class _Bad(Exception):
@@ -103,7 +106,6 @@ class Reader:
             self.problems.append(Problem(path or "<root>", f"must be a mapping, got {kind(data)}"))
             return None
         before = len(self.problems)
-        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         keys = set()
         for f in dataclasses.fields(cls):
@@ -113,7 +115,8 @@ class Reader:
             keys.add(f.name)
             key = join(path, f.name)
             try:
-                values[f.name] = self._field(f, hints[f.name], r, data.get(f.name), key)
+                assert not isinstance(f.type, str), f"{cls.__name__}: postponed annotations"
+                values[f.name] = self._field(f, f.type, r, data.get(f.name), key)
             except _Recorded:
                 pass
             except _Bad as e:
