@@ -152,6 +152,7 @@ def apply_env(
         section = out.get(parts[0])
         if section is None:
             section = out[parts[0]] = {}
+            origins.setdefault(parts[0], where)  # the section exists only by this variable
         if not isinstance(section, dict):
             problems.append(
                 Problem(parts[0], "must be a mapping to take an environment override", where)

@@ -98,6 +98,14 @@ def test_environment_mistakes_are_named(tmp_path: Path, env: dict[str, str], wan
     assert problems(path, env) == [want]
 
 
+def test_a_section_made_by_the_environment_is_blamed_on_it(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    env = {"EDGE_AGENT__MQTT__KEEPALIVE_S": "15", "EDGE_AGENT__COMMANDS__ALLOW_UNSIGNED": "true"}
+    assert problems(path, env) == [
+        "mqtt.url: is required (environment variable EDGE_AGENT__MQTT__KEEPALIVE_S)"
+    ]
+
+
 def test_a_section_replaced_from_the_environment_forgets_the_files_lines(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     env = {"EDGE_AGENT__JOIN": "{auto: maybe}"}
