@@ -335,10 +335,11 @@ def parse_config(
     """Validate a loaded document into a `Config`, or raise one `ConfigError` naming every
     problem. ``origins`` maps key paths to where their values came from (a file and line,
     an environment variable); ``readable`` probes each ``*_file`` when given."""
-    reader = Reader(readable=readable)
     if doc is not None and not isinstance(doc, Mapping):
-        reader.problems.append(Problem("<root>", f"the file must hold a mapping, got {kind(doc)}"))
-    cfg: Config | None = reader.section(Config, doc if isinstance(doc, Mapping) else {}, "")
+        where = str(source) if source is not None else None
+        raise ConfigError("<root>", f"the file must hold a mapping, got {kind(doc)}", where)
+    reader = Reader(readable=readable)
+    cfg: Config | None = reader.section(Config, doc, "")
     if reader.problems or cfg is None:
         raise ConfigError.of(_placed(p, origins or {}, source) for p in reader.problems)
     return dataclasses.replace(cfg, source=source)

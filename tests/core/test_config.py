@@ -129,6 +129,12 @@ def test_every_mistake_in_a_document_is_reported_at_once() -> None:
     assert str(e.value).startswith("7 problems:\n  controller.url: ")
 
 
+def test_a_document_that_is_not_a_mapping_is_one_problem() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(["controller"], source=Path("/etc/c.yaml"))
+    assert str(e.value) == "<root>: the file must hold a mapping, got a list (/etc/c.yaml)"
+
+
 def test_a_section_that_fails_is_not_judged_absent() -> None:
     # A broken controller section must not add "controller is required" on top.
     with pytest.raises(ConfigError) as e:
