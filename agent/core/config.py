@@ -229,6 +229,9 @@ class NodeadmConfig:
     upgrade_timeout_s: float = field(default=1800.0, metadata=POSITIVE)
     uninstall_timeout_s: float = field(default=600.0, metadata=POSITIVE)
     systemd_run: Literal["auto", "always", "never"] = "auto"
+    # Extension: nodeadm debug waits up to 5 minutes for a Ready node (never Ready before a
+    # CNI runs), so its bound sits above that.
+    debug_timeout_s: float = field(default=420.0, metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,10 @@ class MetricsConfig:
     listen: str | None = field(default=None, metadata=rule(check=_listen))
     textfile: Path | None = field(default=None, metadata=rule(check=_prom))
     interval_s: float = field(default=15.0, metadata=POSITIVE)
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None or self.textfile is not None
 
 
 @dataclass(frozen=True)

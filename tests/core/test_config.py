@@ -43,6 +43,8 @@ def test_defaults_match_the_published_key_table() -> None:
     assert cfg.health.kubelet_healthz_url == "http://127.0.0.1:10248/healthz"
     assert (cfg.programs.firewall_cmd, cfg.programs.ufw) == ("firewall-cmd", "ufw")
     assert (cfg.metrics.listen, cfg.metrics.textfile, cfg.metrics.interval_s) == (None, None, 15)
+    assert not cfg.metrics.enabled and cfg.nodeadm.debug_timeout_s == 420
+    assert parse(with_("metrics", textfile="/var/lib/ne/edge.prom")).metrics.enabled
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.state_dir = Path("/x")  # type: ignore[misc]
 
