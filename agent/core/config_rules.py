@@ -52,6 +52,7 @@ class ConfigError(Exception):
     @classmethod
     def of(cls, problems: Iterable[Problem]) -> ConfigError:
         found = tuple(problems)
+        assert found, "a ConfigError needs at least one problem"
         first = found[0]
         err = cls(first.key, first.message, first.where)
         err.problems = found
