@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from agent.commands.dispatcher import Dispatcher
 from agent.commands.signature import BadPublicKey, KeyFile
+from agent.configfile import load_config
 from agent.core import lifecycle as lc
 from agent.core.codes import ErrorCode
-from agent.core.config import Config, ConfigError, ConfigMissing, load_config
+from agent.core.config import Config, ConfigError, ConfigMissing
 from agent.core.reload import ConfigChange, config_change
 from agent.driver import LifecycleDriver
 from agent.logs import LevelHolder, Log

@@ -81,7 +81,7 @@ def main() -> int:
     from pathlib import Path
 
     from agent.app import Agent
-    from agent.core.config import load_config
+    from agent.configfile import load_config
 
     cfg = load_config(Path(config_path), {})
     log_file = (Path(config_path).parent / "probe-agent.log").open("w")

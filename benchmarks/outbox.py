@@ -66,7 +66,7 @@ def main() -> int:
 
 async def run(rig: common.Rig, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     from agent.app import Agent
-    from agent.core.config import load_config
+    from agent.configfile import load_config
 
     uid = "edge-bench-outbox"
     h = rig.host("host", uid, local=True, mqtt={"max_backoff_s": 1})

@@ -233,7 +233,7 @@ def probe(config: Path, t0: float) -> int:
     t_asyncio = time.time()
     import agent.cli  # noqa: F401 - what `python -m agent` imports first
     from agent.app import Agent
-    from agent.core.config import load_config
+    from agent.configfile import load_config
 
     t_imports = time.time()
     cfg = load_config(config, os.environ)

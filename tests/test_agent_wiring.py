@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.app import Agent
-from agent.core.config import load_config
+from agent.configfile import load_config
 from devtools.controller import Controller
 from tests.support import HostEnv, assignment
 

@@ -69,8 +69,7 @@ IO_MODULES = frozenset(
     }
 )
 # Known gap: `pathlib.Path` is allowed (config values are paths), so file reads through its
-# methods are not seen here. agent/core/config.py's `load_config` still reads the config
-# file that way; it moves to the edge with the config schema's rework (issue 9).
+# methods would not be seen here; reading the config file lives in agent/configfile.py.
 
 
 def _module_imports(path: Path) -> set[str]:

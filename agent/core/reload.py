@@ -33,7 +33,7 @@ LIVE: Final = frozenset(
     }
 )
 NEEDS_RESTART: Final = frozenset(
-    {"commands.max_skew_s", "controller", "host", "log.format", "mqtt", "state_dir"}
+    {"commands.max_skew_s", "controller", "host", "log.format", "metrics", "mqtt", "state_dir"}
 )
 # Where the config came from is not a setting.
 _NOT_SETTINGS: Final = frozenset({"source"})

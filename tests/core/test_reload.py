@@ -37,6 +37,7 @@ ROWS: list[tuple[str, dict[str, Any], str, bool]] = [
     ("programs", {"programs": {"nodeadm": "/opt/nodeadm"}}, "programs", True),
     ("controller", {"controller": {"assignment_poll_s": 5}}, "controller", False),
     ("host", {"host": {"labels": {"site": "b"}}}, "host", False),
+    ("metrics", {"metrics": {"interval_s": 5}}, "metrics", False),
     ("mqtt", {"mqtt": {"keepalive_s": 10}}, "mqtt", False),
     ("state_dir", {"state_dir": "/var/lib/other"}, "state_dir", False),
 ]
@@ -46,7 +47,7 @@ def config(over: dict[str, Any]) -> Config:
     doc: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
     for k, v in over.items():
         doc[k] = {**doc[k], **v} if isinstance(v, dict) and k in doc else v
-    return parse_config(doc, {}, readable=lambda _p: True, source=Path("/etc/edge-agent.yaml"))
+    return parse_config(doc, readable=lambda _p: True, source=Path("/etc/edge-agent.yaml"))
 
 
 @pytest.mark.parametrize(("section", "over", "name", "live"), ROWS)

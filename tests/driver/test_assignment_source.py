@@ -65,7 +65,7 @@ def config_for(tmp: Path, controller: Controller, token: str) -> Config:
             "timeout_s": 3,
         },
     }
-    return parse_config(doc, {})
+    return parse_config(doc)
 
 
 class Rig:
