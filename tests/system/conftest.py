@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.nspawn import Tree, cannot_boot_reason, rootfs
+from tests.support import ROOT
+from tests.system.agent_host import AgentHost
+from tests.system.nspawn import Machine, Tree, cannot_boot_reason, rootfs
+from tests.system.package import deb
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +27,18 @@ def bookworm() -> Path:
 def tree(bookworm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
     with Tree(bookworm, tmp_path_factory.mktemp("tree")) as t:
         yield t
+
+
+@pytest.fixture(scope="session")
+def agent_deb(bookworm: Path) -> Path:
+    """The package built from this tree by packaging/build-deb.sh (cached by content)."""
+    return deb(ROOT)
+
+
+@pytest.fixture
+def agent_host(bookworm: Path, agent_deb: Path, tmp_path: Path) -> Iterator[AgentHost]:
+    """A fresh Debian 12 booted with the package installed (not yet configured)."""
+    with Tree(bookworm, tmp_path / "tree") as t, Machine.boot(t.root, tmp_path / "machine") as m:
+        host = AgentHost(m, agent_deb)
+        host.install()
+        yield host

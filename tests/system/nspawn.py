@@ -72,6 +72,8 @@ BASE_PACKAGES = (
     "iproute2",
     "procps",
 )
+# Raise when `_prepare` (or anything else that shapes the cached tree) changes: a new key.
+RECIPE = 2
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NEEDED = ("systemd-nspawn", "nsenter", "debootstrap", "mount", "umount")
 T = TypeVar("T")
@@ -103,7 +105,8 @@ def cannot_boot_reason() -> str | None:
 
 
 def rootfs_key(suite: str, packages: Sequence[str]) -> str:
-    digest = hashlib.sha256("\n".join([suite, *sorted(packages)]).encode()).hexdigest()
+    recipe = [f"recipe {RECIPE}", suite, *sorted(packages)]
+    digest = hashlib.sha256("\n".join(recipe).encode()).hexdigest()
     return f"debian-{suite}-{digest[:12]}"
 
 
@@ -151,10 +154,6 @@ def _prepare(root: Path) -> None:
     for unit in ("getty.target", "console-getty.service", "systemd-resolved.service"):
         (root / "etc/systemd/system" / unit).unlink(missing_ok=True)
         (root / "etc/systemd/system" / unit).symlink_to("/dev/null")
-    # Apt inside would fetch from the host's mirror; tests never need it, so keep it offline.
-    (root / "etc/apt/apt.conf.d/99-edge-agent-tests").write_text(
-        'Acquire::Retries "0";\nAPT::Install-Recommends "false";\n'
-    )
 
 
 @contextlib.contextmanager

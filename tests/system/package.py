@@ -45,6 +45,13 @@ def content_key(repo: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _build_env() -> dict[str, str]:
+    # A PYTHONPATH naming this checkout makes pip think the project is already installed in
+    # the staged venv (it then leaves out bin/edge-agent); a caller's venv must not leak in.
+    drop = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def deb(repo: Path, cache: Path = CACHE) -> Path:
     """The package for the tree at ``repo``, built once per content."""
     final = cache / "deb" / content_key(repo)
@@ -64,6 +71,7 @@ def deb(repo: Path, cache: Path = CACHE) -> Path:
                 text=True,
                 timeout=900,
                 check=False,
+                env=_build_env(),
             )
             if done.returncode != 0:
                 raise RuntimeError(
