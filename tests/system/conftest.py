@@ -11,16 +11,20 @@ import pytest
 
 from tests.support import ROOT
 from tests.system.agent_host import AgentHost
-from tests.system.nspawn import Machine, Tree, cannot_boot_reason, rootfs
+from tests.system.nspawn import Machine, Tree, boot_failure, cannot_boot_reason, rootfs
 from tests.system.package import deb
 
 
 @pytest.fixture(scope="session")
-def bookworm() -> Path:
+def bookworm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reason = cannot_boot_reason()
     if reason:
         pytest.skip(f"cannot boot a systemd container here: {reason}")
-    return rootfs("bookworm")
+    tree = rootfs("bookworm")
+    failure = boot_failure(tree, tmp_path_factory.mktemp("probe"))
+    if failure:
+        pytest.skip(f"systemd-nspawn cannot boot Debian 12 here: {failure}")
+    return tree
 
 
 @pytest.fixture(scope="module")
