@@ -188,6 +188,11 @@ case "$PYTHON" in
     */python3) DEPENDS="python3 (>= $PYVER), python3 (<< $NEXT)" ;;
     *) DEPENDS="python$PYVER" ;;
 esac
+# What the unit and the agent execute: /bin/kill for ExecReload= (procps, not Essential),
+# systemd-run, systemctl and journalctl (systemd), and a running system bus for
+# `systemd-run --wait` (systemd only Recommends dbus; without it the first step fails with
+# "Failed to connect to bus").
+DEPENDS="$DEPENDS, systemd, procps, dbus | dbus-broker"
 cat >"$PKG/DEBIAN/control" <<EOF
 Package: edge-agent
 Version: $VERSION

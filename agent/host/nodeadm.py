@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import shutil
 from collections import deque
@@ -44,8 +43,8 @@ from agent.host.nodeadm_proc import (
     end_recorded,
     repair_dpkg,
     run_step,
-    systemd_run_argv,
 )
+from agent.host.nodeadm_unit import step_unit, systemd_run_argv
 from agent.host.nodeconfig_file import write_nodeconfig
 from agent.host.proc import ProcessError, transient, use_transient_units
 from agent.host.proc import run as run_program
@@ -143,6 +142,10 @@ class NodeadmRunner:
                 self._env,
                 self._log,
                 wrap=self._host_change("dpkg-repair"),
+                install_unit=step_unit("install")
+                if use_transient_units(self._cfg.nodeadm.systemd_run)
+                else None,
+                systemctl=self._cfg.programs.systemctl,
             )
             result, lines = await self._execute("install", argv, _outer(t), a)
             return self._outcome(
@@ -354,13 +357,14 @@ class NodeadmRunner:
             env=self._env,
             unit=unit,
             systemctl=self._cfg.programs.systemctl,
+            log=self._log,
         )
         return result, list(lines)
 
     def _wrap(self, step: str, argv: list[str], log_path: Path) -> tuple[list[str], str | None]:
         if not use_transient_units(self._cfg.nodeadm.systemd_run):
             return argv, None
-        unit = f"edge-agent-nodeadm-{step}-{os.urandom(4).hex()}"
+        unit = step_unit(step)
         wrapped = systemd_run_argv(self._cfg.programs.systemd_run, unit, log_path, argv, self._env)
         return wrapped, unit
 

@@ -1,19 +1,22 @@
-"""One nodeadm child at a time: spawned detached, logged to a file, ended as a group.
+"""One nodeadm child at a time: spawned detached, logged to a file, ended as a group or adopted.
 
 nodeadm runs for minutes and must survive the agent: its stdout and stderr go to a log file
-the agent opens and hands over (never a pipe, so a restarted agent cannot SIGPIPE a running
-install), the agent follows that file with a small poll loop, and the child gets its own
-session so a timeout or a cancellation ends its whole process group (SIGTERM, then SIGKILL
-after a grace). Before waiting, the child's pid and kernel start time (field 22 of
-``/proc/<pid>/stat``; a recycled pid has another) or its transient systemd unit are written
-to a run record in ``state_dir``. A later agent reads that record to end a run left behind by
-an earlier process (`end_orphan`), so there is never more than one nodeadm on the host.
+the agent opens and hands over (`agent.host.nodeadm_log`), which the agent follows with a
+small poll loop. Without systemd the child gets its own session, so a timeout, a
+cancellation or a shutdown ends its whole process group (SIGTERM, then SIGKILL after a
+grace). Before waiting, the child's pid and kernel start time (field 22 of
+``/proc/<pid>/stat``; a recycled pid has another) are written to a run record in
+``state_dir``; a later agent reads it to end a group left behind by an earlier process
+(`end_recorded`), so there is never more than one nodeadm on the host. Under systemd the step
+is a transient unit with a fixed name (`agent.host.nodeadm_unit`) that outlives the agent: a
+later agent does not end it but adopts it, waiting for it and reading its result from systemd.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -23,17 +26,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.host.nodeadm_log import LogFollower, rotate
+from agent.host.nodeadm_unit import forget_unit, stop_unit, unit_active, unit_state
 from agent.host.proc import ProcessError, child_env, kill_group
 from agent.host.proc import run as run_program
 from agent.state.atomic import write_json
 
-KEEP_LOGS = 5
 POLL_S = 0.05
+# How often an adopted unit's state is asked of systemd (a systemctl process each time).
+UNIT_POLL_S = 1.0
 KILL_GRACE_S = 5.0
-# A line longer than this without a newline is passed on in pieces rather than held.
-MAX_LINE = 64 * 1024
 PROC = Path("/proc")
-_PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
 
 class Log(Protocol):
@@ -128,48 +131,6 @@ def group_alive(pgid: int, proc: Path = PROC) -> bool:
     return False
 
 
-def rotate(log_path: Path, keep: int = KEEP_LOGS) -> None:
-    """Shift ``x.log`` → ``x.log.1`` → … → ``x.log.<keep>``; the oldest falls off."""
-    for i in range(keep - 1, 0, -1):
-        older = log_path.with_name(f"{log_path.name}.{i}")
-        if older.exists():
-            os.replace(older, log_path.with_name(f"{log_path.name}.{i + 1}"))
-    if log_path.exists():
-        os.replace(log_path, log_path.with_name(f"{log_path.name}.1"))
-
-
-class LogFollower:
-    """Reads a growing file from the start and hands on each complete line."""
-
-    def __init__(self, path: Path, on_text: Callable[[str], None]) -> None:
-        self._path = path
-        self._on_text = on_text
-        self._pos = 0
-        self._buf = b""
-
-    def poll(self) -> None:
-        try:
-            with self._path.open("rb") as f:
-                f.seek(self._pos)
-                data = f.read()
-        except OSError:
-            return
-        self._pos += len(data)
-        self._buf += data
-        *complete, self._buf = self._buf.split(b"\n")
-        for raw in complete:
-            self._on_text(raw.decode("utf-8", "replace"))
-        while len(self._buf) > MAX_LINE:
-            head, self._buf = self._buf[:MAX_LINE], self._buf[MAX_LINE:]
-            self._on_text(head.decode("utf-8", "replace"))
-
-    def finish(self) -> None:
-        self.poll()
-        if self._buf:
-            self._on_text(self._buf.decode("utf-8", "replace"))
-            self._buf = b""
-
-
 async def _wait_group_gone(pgid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while group_alive(pgid):
@@ -187,39 +148,33 @@ async def end_group(pgid: int, grace: float = KILL_GRACE_S) -> None:
         await _wait_group_gone(pgid, 2.0)
 
 
-async def stop_unit(systemctl: str, unit: str, env: Mapping[str, str] | None = None) -> None:
-    """``systemctl stop``: systemd ends the unit's whole cgroup (SIGTERM, then SIGKILL)."""
-    with contextlib.suppress(ProcessError):
-        await run_program([systemctl, "stop", unit], timeout=120, env=env)
-
-
-async def unit_active(systemctl: str, unit: str, env: Mapping[str, str] | None = None) -> bool:
-    try:
-        result = await run_program([systemctl, "is-active", unit], timeout=30, env=env)
-    except ProcessError:
-        return False
-    return result.stdout.strip() in ("active", "activating", "deactivating", "reloading")
-
-
 async def end_recorded(
     record: RunRecord, systemctl: str, env: Mapping[str, str] | None = None
 ) -> str | None:
-    """End the run ``record`` describes if it is still going; a description, or None."""
-    ended: list[str] = []
-    if record.unit and await unit_active(systemctl, record.unit, env):
-        await stop_unit(systemctl, record.unit, env)
-        ended.append(f"unit {record.unit}")
+    """End the run ``record`` describes if it is still going; a description, or None.
+
+    A run in a transient unit is not ended: the next run of its step adopts the unit
+    (`run_step`). Only the earlier agent's ``systemd-run`` client, if it is somehow still
+    alive, is killed; that does not touch the unit. ``systemctl`` and ``env`` are kept for
+    callers written before adoption.
+    """
+    del systemctl, env
     ticks = start_ticks(record.pid)
     # Another start time means the pid was recycled: not ours, and (since Linux does not
     # hand out a pid that still names a live process group) our group is gone. No leader
     # at all with members alive is still our group. A zombie leader has nothing to end.
     ours = ticks is None or ticks == record.start_ticks
-    if ours and group_alive(record.pid):
-        await end_group(record.pid)
-        ended.append(f"process group {record.pid}")
-    if not ended:
+    if record.unit:
+        if ours and group_alive(record.pid):
+            kill_group(record.pid, signal.SIGKILL)
         return None
-    return f"ended a nodeadm {record.step} left running by an earlier agent ({', '.join(ended)})"
+    if not (ours and group_alive(record.pid)):
+        return None
+    await end_group(record.pid)
+    return (
+        f"ended a nodeadm {record.step} left running by an earlier agent "
+        f"(process group {record.pid})"
+    )
 
 
 async def run_step(
@@ -235,13 +190,100 @@ async def run_step(
     unit: str | None = None,
     systemctl: str = "systemctl",
     grace: float = KILL_GRACE_S,
+    log: Log | None = None,
 ) -> RunResult:
     """Run ``argv`` with its output in ``log_path``, following it line by line.
 
-    Ends the process group (and ``unit``, when the child is a ``systemd-run --wait``
-    client) on timeout, when ``stop`` is set (then ``canceled``), or when the awaiting task
-    is cancelled (then `asyncio.CancelledError` propagates once the group is gone).
+    Without ``unit`` the child is nodeadm itself, in its own process group, which is ended
+    on timeout, when ``stop`` is set (then ``canceled``), or when the awaiting task is
+    cancelled (then `asyncio.CancelledError` propagates once the group is gone).
+
+    With ``unit`` the child is the ``systemd-run --wait`` client of that transient unit. If
+    the unit is already running (an earlier agent started it and was stopped, restarted or
+    killed), nothing is started: the run is adopted (`_adopt`). A timeout or ``stop`` stops
+    the unit. A cancelled task (the agent is shutting down) leaves the unit running for the
+    next agent to adopt and only ends the client.
     """
+    if unit is not None:
+        adopted = await _adopt(unit, log_path, on_text, stop, timeout, systemctl, env, log)
+        if adopted is not None:
+            return adopted
+        await forget_unit(systemctl, unit, env)  # a failed earlier run would hold the name
+    result = await _run_child(
+        argv, step, log_path, record_path, timeout, on_text, stop, env, unit, systemctl, grace
+    )
+    if unit is None:
+        return result
+    # systemd-run's own status is not nodeadm's when a step fails fast: the start job fails
+    # too and systemd-run returns 1. The unit (not collected) still holds the real result.
+    state = await unit_state(systemctl, unit, env)
+    await forget_unit(systemctl, unit, env)
+    if result.exit_code is not None and state is not None and state.loaded and not state.running:
+        result = dataclasses.replace(result, exit_code=state.exit_code())
+    return result
+
+
+async def _adopt(
+    unit: str,
+    log_path: Path,
+    on_text: Callable[[str], None],
+    stop: asyncio.Event,
+    timeout: float,
+    systemctl: str,
+    env: Mapping[str, str] | None,
+    log: Log | None,
+) -> RunResult | None:
+    """Wait for a still-running ``unit`` and take its result from systemd; None if it is
+    not running. Its log is followed from the start: the lines the earlier agent already
+    handed on are handed on again, since the outcome is judged on them."""
+    state = await unit_state(systemctl, unit, env)
+    if state is None or not state.running:
+        return None
+    if log is not None:
+        log.warning("nodeadm.adopted", unit=unit, log_path=str(log_path))
+    started = time.monotonic()
+    follower = LogFollower(log_path, on_text)
+    timed_out = canceled = False
+    checked = started
+    try:
+        while state is not None and state.running:
+            follower.poll()
+            canceled = stop.is_set()
+            timed_out = not canceled and time.monotonic() >= started + timeout
+            if canceled or timed_out:
+                await stop_unit(systemctl, unit, env)
+                break
+            await asyncio.sleep(POLL_S)
+            if time.monotonic() - checked >= UNIT_POLL_S:
+                checked = time.monotonic()
+                state = await unit_state(systemctl, unit, env)
+    finally:
+        follower.finish()
+    final = await unit_state(systemctl, unit, env)
+    await forget_unit(systemctl, unit, env)
+    ended_itself = not (canceled or timed_out) and final is not None
+    return RunResult(
+        exit_code=final.exit_code() if ended_itself and final is not None else None,
+        timed_out=timed_out,
+        canceled=canceled,
+        duration_s=time.monotonic() - started,
+        log_path=log_path,
+    )
+
+
+async def _run_child(
+    argv: Sequence[str],
+    step: str,
+    log_path: Path,
+    record_path: Path | None,
+    timeout: float,
+    on_text: Callable[[str], None],
+    stop: asyncio.Event,
+    env: Mapping[str, str] | None,
+    unit: str | None,
+    systemctl: str,
+    grace: float,
+) -> RunResult:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     rotate(log_path)
     started = time.monotonic()
@@ -287,7 +329,10 @@ async def run_step(
         exit_code = proc.returncode
         finished = not (timed_out or canceled)
     except asyncio.CancelledError:
-        await _end(proc, unit, systemctl, env, grace)
+        if unit is None:
+            await _end(proc, unit, systemctl, env, grace)
+        # else: the agent is going away; nodeadm runs on in its unit (the finally below
+        # kills only our systemd-run client) and the next agent adopts it.
         raise
     finally:
         # Whatever interrupted the run (a second cancellation mid-cleanup included), nothing
@@ -335,34 +380,15 @@ def _non_empty_dir(path: Path) -> bool:
         return False
 
 
-def systemd_run_argv(
-    systemd_run: str, unit: str, log_path: Path, argv: Sequence[str], env: Mapping[str, str]
-) -> list[str]:
-    """``argv`` as a transient oneshot unit whose output is appended to ``log_path``.
-
-    ``--wait`` makes systemd-run exit with the service's status; the unit outlives us, and
-    ``systemctl stop <unit>`` ends its whole cgroup.
-    """
-    out = [
-        systemd_run, "--unit", unit, "--collect", "--wait", "--quiet",
-        "-p", "Type=oneshot",
-        "-p", f"StandardOutput=append:{log_path}",
-        "-p", f"StandardError=append:{log_path}",
-    ]  # fmt: skip
-    # A transient unit starts from systemd's environment, not ours: pass on the proxy
-    # settings nodeadm's proxy validation expects, and any extra environment we were given.
-    extra = {k: os.environ[k] for k in _PROXY_ENV if os.environ.get(k)} | dict(env)
-    for key, value in sorted(extra.items()):
-        out += ["--setenv", f"{key}={value}"]
-    return [*out, "--", *argv]
-
-
 async def repair_dpkg(
     updates: Path,
     dpkg: str,
     env: Mapping[str, str],
     log: Log,
     wrap: Callable[[list[str]], list[str]] = list,
+    *,
+    install_unit: str | None = None,
+    systemctl: str = "systemctl",
 ) -> bool:
     """``dpkg --configure -a`` when an earlier install was interrupted mid-package.
 
@@ -370,6 +396,9 @@ async def repair_dpkg(
     install burns its whole timeout retrying. True when a repair was run and succeeded.
     """
     if not _non_empty_dir(updates):
+        return False
+    if install_unit is not None and await unit_active(systemctl, install_unit, env):
+        # An adopted install is still running: the files in updates/ are its dpkg at work.
         return False
     argv = [dpkg, "--configure", "-a"]
     log.warning("nodeadm.dpkg_repair", argv=argv, reason=f"{updates} is not empty")

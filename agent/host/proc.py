@@ -131,24 +131,21 @@ def use_transient_units(mode: str) -> bool:
 def transient(
     systemd_run: str, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
 ) -> list[str]:
-    """``argv`` as a short transient unit whose output comes back through ``--pipe``.
+    """``argv`` as the short transient unit ``edge-agent-<name>.service``, its output coming
+    back through ``--pipe``.
 
     The agent's own unit is sandboxed (ProtectSystem=strict) and children inherit that, so a
     command that changes the host (apt-get update, dpkg --configure -a, removing old kubelet
-    certificates) runs as a unit of its own, spawned by PID 1 outside the sandbox.
+    certificates) runs as a unit of its own, spawned by PID 1 outside the sandbox. The name
+    is fixed, as for nodeadm's steps: a second run while one is loaded is refused by PID 1.
+    ``Type=exec`` so that ``systemd-run --wait`` returns the command's own exit status
+    (with ``oneshot``, systemd 252 fails the start job and returns 1 for every failure).
     """
-    unit = f"edge-agent-{name}-{os.urandom(4).hex()}"
     out = [
-        systemd_run,
-        "--unit",
-        unit,
-        "--collect",
-        "--wait",
-        "--quiet",
-        "--pipe",
-        "-p",
-        "Type=oneshot",
-    ]
+        systemd_run, "--unit", f"edge-agent-{name}.service",
+        "--collect", "--wait", "--quiet", "--pipe",
+        "-p", "Type=exec",
+    ]  # fmt: skip
     for key, value in (env or {}).items():
         out += ["--setenv", f"{key}={value}"]
     return [*out, "--", *argv]

@@ -29,7 +29,7 @@ def units(record: Path) -> list[list[str]]:
 
 
 def command_of(argv: list[str]) -> list[str]:
-    assert "--pipe" in argv and "--wait" in argv and "Type=oneshot" in argv
+    assert "--pipe" in argv and "--wait" in argv and "Type=exec" in argv
     return argv[argv.index("--") + 1 :]
 
 

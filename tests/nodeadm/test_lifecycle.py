@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -186,10 +185,10 @@ async def test_systemd_run_always_wraps_the_step_in_a_unit(fake_host: Factory) -
     (argv,) = [json.loads(x) for x in record.read_text().splitlines()]
     log = fh.state_dir / "logs" / "nodeadm-install.log"
     assert argv[0] == "--unit"
-    assert re.fullmatch(r"edge-agent-nodeadm-install-[0-9a-f]{8}", argv[1])
+    assert argv[1] == "edge-agent-nodeadm-install.service"
     assert argv[2:] == [
-        "--collect", "--wait", "--quiet",
-        "-p", "Type=oneshot",
+        "--wait", "--quiet",
+        "-p", "Type=exec",
         "-p", f"StandardOutput=append:{log}",
         "-p", f"StandardError=append:{log}",
         "--setenv", "EDGE_TEST=1",
@@ -212,7 +211,7 @@ async def test_systemd_run_propagates_failure_and_stops_the_unit(fake_host: Fact
     record = RunRecord.load(runner.record_path)
     assert record is not None
     assert record.unit is not None
-    assert record.unit.startswith("edge-agent-nodeadm-init-")
+    assert record.unit == "edge-agent-nodeadm-init.service"
     assert runner.cancel()
     outcome = await task
     assert outcome.canceled
