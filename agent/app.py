@@ -362,8 +362,9 @@ class Agent:
         await self.stop_event.wait()
         self.notifier.stopping()
         self.log.info("agent.stopping", phase=str(self.driver.state.phase))
-        # A running nodeadm step is ended and its phase stays persisted: the next start
-        # re-runs it (nodeadm tolerates that), rather than holding up a shutdown for minutes.
+        # A running nodeadm step is left alone and its phase stays persisted. Under systemd
+        # its transient unit keeps running and the next agent adopts it; without systemd its
+        # process group is ended and the next start re-runs the step (nodeadm tolerates that).
         # The lifecycle loop goes first (its exit ends the step): were it still running, it
         # would take the step's "canceled" outcome and persist `failed` instead of the phase.
         self._lifecycle.cancel()
