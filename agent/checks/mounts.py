@@ -4,7 +4,12 @@ Both read ``/proc/1/mountinfo`` under the host root: PID 1's mount namespace is 
 so its mount points are host paths, and the agent's own sandbox (a container, systemd's
 ``ProtectSystem``) does not colour the verdict. On Kairos ``/etc`` and ``/var`` are tmpfs
 overlays, so in appliance mode the EKS paths must be bind mounts from persistent storage or
-nodeadm's files vanish at reboot (palette-kairos.md §3).
+nodeadm's files vanish at reboot. Two more paths matter there: the agent's own ``state_dir``
+(not persistent: every boot would join again, so ``fail``) and ``/etc/sysctl.d``, where
+``nodeadm init`` writes ``99-nodeadm.conf`` (not persistent: kubelet, which runs with
+``ProtectKernelDefaults``, fails after the first reboot unless the agent re-applies the
+settings, so ``warn``). In appliance mode the agent runs on the host itself, so its
+``state_dir`` is a host path and is looked up in the same mountinfo.
 """
 
 from __future__ import annotations
@@ -13,9 +18,20 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from agent.checks.base import Check, CheckContext, CheckVerdict, failed, passed, skipped
+from agent.checks.base import (
+    Check,
+    CheckContext,
+    CheckVerdict,
+    failed,
+    passed,
+    skipped,
+    warned,
+)
 
 MOUNTINFO = "/proc/1/mountinfo"
+SYSCTL_D = "/etc/sysctl.d"
+# Filesystems that live in memory: what is written there is gone at the next boot.
+_MEMORY_FS = frozenset({"tmpfs", "ramfs"})
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -80,6 +96,42 @@ def mount_of(mounts: list[Mount], host_path: str) -> Mount | None:
     return best
 
 
+def _overlay_upper(m: Mount) -> str | None:
+    for opt in m.super_options:
+        if opt.startswith("upperdir="):
+            return unescape(opt.removeprefix("upperdir="))
+    return None
+
+
+def not_persistent(mounts: list[Mount], host_path: str) -> str | None:
+    """Why what is written at ``host_path`` would not survive a reboot, or None when it would.
+
+    Persistent means on a disk filesystem mounted read-write: a bind mount from the
+    persistent partition, or an overlay whose upper layer is itself on such a disk. Kairos's
+    ``/etc``, ``/var`` and ``/srv`` overlays keep their upper layer in memory (``/run``), and
+    an upper layer this namespace cannot see is not counted as persistent either.
+    """
+    m = mount_of(mounts, host_path)
+    if m is None:
+        return f"{host_path} is on no mount listed in {MOUNTINFO}"
+    where = f"{host_path} is on {m.mount_point}"
+    if m.fstype in _MEMORY_FS:
+        return f"{where}, a {m.fstype} (kept in memory)"
+    if m.read_only or m.super_read_only:
+        return f"{where}, mounted read-only"
+    if m.fstype == "overlay":
+        upper = _overlay_upper(m)
+        below = mount_of([x for x in mounts if x is not m], upper) if upper else None
+        # An upper layer is written, so one found on a read-only mount is one this
+        # namespace cannot see (systemd-nspawn's --overlay, for one): no proof it persists.
+        if below is None or below.fstype in _MEMORY_FS or below.read_only:
+            return (
+                f"{where}, an overlay whose upper layer ({upper or 'none'}) is not on a "
+                "persistent disk"
+            )
+    return None
+
+
 def _read_mounts(ctx: CheckContext) -> list[Mount] | CheckVerdict:
     text = ctx.host.read_text(MOUNTINFO)
     if text is None:
@@ -101,14 +153,45 @@ async def check_bind(ctx: CheckContext) -> CheckVerdict:
     points = {m.mount_point for m in mounts}
     wanted = [posixpath.normpath(p) for p in ctx.config.checks.bind_mounts]
     missing = [p for p in wanted if p not in points]
-    details = {"missing": missing, "mounted": [p for p in wanted if p in points]}
+    state_dir = posixpath.normpath(str(ctx.config.state_dir))
+    state_why = not_persistent(mounts, state_dir)
+    sysctl_why = not_persistent(mounts, SYSCTL_D)
+    details = {
+        "missing": missing,
+        "mounted": [p for p in wanted if p not in missing],
+        "state_dir": {"path": state_dir, "persistent": state_why is None},
+        "sysctl_d": {"path": SYSCTL_D, "persistent": sysctl_why is None},
+    }
+    problems = []
     if missing:
-        return failed(
+        problems.append(
             f"not mount points in the host's mount namespace: {', '.join(missing)}; what "
-            "nodeadm writes there is lost at reboot (Kairos keeps /etc and /var in memory)",
-            details=details,
+            "nodeadm writes there is lost at reboot (Kairos keeps /etc and /var in memory)"
         )
-    return passed(f"all {len(wanted)} EKS paths are bind mounts", details)
+    if state_why is not None:
+        problems.append(
+            f"the agent's state_dir does not persist ({state_why}): every reboot would "
+            "forget the join and run nodeadm again"
+        )
+    if problems:
+        remedy = None
+        if state_why is not None:
+            remedy = f"add {state_dir} (the agent's state_dir) and any path named above to " + (
+                "install.bind_mounts in the Kairos user-data, and reboot"
+            )
+        return failed("; ".join(problems), remedy, details)
+    if sysctl_why is not None:
+        return warned(
+            f"{sysctl_why}: nodeadm init writes 99-nodeadm.conf there and kubelet runs with "
+            "ProtectKernelDefaults, so the settings are lost at reboot and the agent has to "
+            "re-apply them at every boot",
+            f"add {SYSCTL_D} to install.bind_mounts in the Kairos user-data, and reboot",
+            details,
+        )
+    return passed(
+        f"all {len(wanted)} EKS paths are bind mounts; the state_dir and {SYSCTL_D} persist",
+        details,
+    )
 
 
 def _nearest_existing(ctx: CheckContext, host_path: str) -> str:
