@@ -19,6 +19,7 @@ from agent.commands.dispatcher import CommandFailed, Progress
 from agent.core import lifecycle as lc
 from agent.core.checks import CheckResult
 from agent.driver import LifecycleDriver
+from agent.host.kubelet import kubelet_version
 from agent.host.metrics import host_addresses, kubelet_healthz
 from agent.host.proc import ProcessError, run
 
@@ -88,6 +89,7 @@ class AgentWork:
             run_step=self.run_step,
             run_checks=self.run_preflight,
             tracker_present=self.host.tracker_present,
+            kubelet_version=lambda: kubelet_version(self.host),
             persist=self.persist,
             emit=self.emit,
             on_change=lambda _old, _new: self.publish_status(),
