@@ -121,10 +121,12 @@ def not_persistent(mounts: list[Mount], host_path: str) -> str | None:
         return f"{where}, mounted read-only"
     if m.fstype == "overlay":
         upper = _overlay_upper(m)
-        below = mount_of([x for x in mounts if x is not m], upper) if upper else None
-        # An upper layer is written, so one found on a read-only mount is one this
-        # namespace cannot see (systemd-nspawn's --overlay, for one): no proof it persists.
-        if below is None or below.fstype in _MEMORY_FS or below.read_only:
+        # Writes land in the upper layer, so it is judged the same way, without this overlay.
+        # An upper layer this namespace cannot see resolves to some other mount: under a
+        # read-only root, or under another overlay (systemd-nspawn's --overlay puts its
+        # temporary upper layers in /var/tmp), and is then not counted as persistent.
+        others = [x for x in mounts if x is not m]
+        if upper is None or not_persistent(others, upper) is not None:
             return (
                 f"{where}, an overlay whose upper layer ({upper or 'none'}) is not on a "
                 "persistent disk"

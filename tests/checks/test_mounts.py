@@ -148,6 +148,22 @@ def test_persistence_is_judged_by_the_mount_and_an_overlay_by_its_upper_layer() 
     assert not_persistent(mounts, "/opt/x") is not None
 
 
+def test_nspawn_overlays_with_temporary_upper_layers_are_not_persistent() -> None:
+    # Read from a container booted with systemd-nspawn --read-only --overlay=+/etc::/etc
+    # --overlay=+/var::/var --bind=...: the upper layers are host paths under /var/tmp.
+    mounts = parse_mountinfo(
+        "111 91 254:0 /var/tmp/img / ro,relatime shared:1 - ext4 /dev/vda rw,discard\n"
+        "123 111 0:46 / /etc rw,relatime shared:10 - overlay overlay rw,lowerdir=/var/tmp/img/"
+        "etc,upperdir=/var/tmp/nspawn-temp-yr7Vid/src,workdir=/var/tmp/nspawn-temp-yr7Vid/.#s\n"
+        "124 123 254:0 /var/tmp/p/etc/sysctl.d /etc/sysctl.d rw,relatime - ext4 /dev/vda rw\n"
+        "126 111 0:50 / /var rw,relatime shared:13 - overlay overlay rw,lowerdir=/var/tmp/img/"
+        "var,upperdir=/var/tmp/nspawn-temp-2uXCdn/src,workdir=/var/tmp/nspawn-temp-2uXCdn/.#s\n"
+    )
+    assert not_persistent(mounts, "/etc/sysctl.d") is None
+    assert not_persistent(mounts, "/etc/eks") is not None
+    assert not_persistent(mounts, "/var/lib/edge-agent") is not None
+
+
 async def test_agent_mode_skips_bind_mounts(tmp_path: Path) -> None:
     root = tmp_path / "host"
     make_host(root, mode="agent")
