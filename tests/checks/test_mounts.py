@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.checks.mounts import mount_of, not_persistent, parse_mountinfo, unescape
 from agent.core.checks import CheckStatus
 from agent.core.config import Config
+from agent.host.mountinfo import mount_of, not_persistent, parse_mountinfo, unescape
 from devtools.fakehost import make_host
 from tests.checks.helpers import config, context, one
 
