@@ -31,7 +31,6 @@ from agent.host.mountinfo import (
     mount_of,
     not_persistent,
     parse_mountinfo,
-    unescape,  # noqa: F401 - agent/checks/system.py imports it here
 )
 
 SYSCTL_D = "/etc/sysctl.d"
