@@ -316,6 +316,8 @@ class Agent(AgentWork):
             self.emit("error", {"code": "nodeadm_orphan", "message": orphan})
         self.dispatcher.finish_interrupted()
         self.driver.post(lc.Boot(registering=self.controller is not None))
+        if cfg.host.mode == "appliance" and self.driver.state.phase in lc.NODE_PHASES:
+            await self.restore_sysctls()
         if cfg.assignment_file is not None:
             self.offer_assignment_file()
         try:

@@ -21,7 +21,7 @@ from agent.core.checks import CheckResult
 from agent.driver import LifecycleDriver
 from agent.host.kubelet import kubelet_version
 from agent.host.metrics import host_addresses, kubelet_healthz
-from agent.host.proc import ProcessError, run
+from agent.host.proc import ProcessError, run, use_transient_units
 
 PROGRESS = MappingProxyType(
     {
@@ -214,6 +214,8 @@ class AgentWork:
             )
         if out.canceled:
             raise asyncio.CancelledError
+        if step == "init" and out.ok and self.config.host.mode == "appliance":
+            self.keep_sysctls()
         if not out.ok:
             self.emit(
                 "error",
@@ -222,6 +224,43 @@ class AgentWork:
         return lc.StepDone(
             step, ok=out.ok, code=out.code, message=out.message, node_name=out.node_name
         )
+
+    def keep_sysctls(self) -> None:
+        """Appliance mode: keep nodeadm's sysctl file where it survives a reboot."""
+        from agent.host import sysctl
+
+        try:
+            kept = sysctl.keep_copy(self.host, self.config.state_dir)
+        except OSError as e:
+            self.log.error("sysctl.copy_failed", error=str(e))
+            return
+        if not kept:
+            self.log.warning("sysctl.no_nodeadm_file", path=sysctl.NODEADM_CONF)
+
+    async def restore_sysctls(self) -> None:
+        """Appliance mode, a joined node starting (a reboot): nodeadm's kernel settings must
+        be in force again for kubelet; re-apply what is not, and say loudly what is lost."""
+        from agent.host import sysctl
+
+        units = use_transient_units(self.config.nodeadm.systemd_run)
+        try:
+            report = await sysctl.restore(
+                self.host,
+                self.config.state_dir,
+                systemd_run=self.config.programs.systemd_run if units else None,
+            )
+        except OSError as e:
+            report = sysctl.SysctlReport(source=None, missing={"*": str(e)})
+        if report.ok:
+            event = "sysctl.reapplied" if report.reapplied else "sysctl.in_force"
+            log = self.log.warning if report.reapplied else self.log.info
+            log(event, **report.as_dict())
+            self.driver.post(lc.ErrorCleared("sysctl_not_in_force"))
+            return
+        msg = report.problem()
+        self.log.error("sysctl.not_in_force", message=msg, **report.as_dict())
+        self.emit("error", {"code": "sysctl_not_in_force", "message": msg})
+        self.driver.post(lc.ErrorSeen("sysctl_not_in_force", msg))
 
     def on_nodeadm_line(self, step: str, line: Any) -> None:
         self.emit(
