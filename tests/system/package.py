@@ -1,0 +1,76 @@
+"""The .deb the system suite installs, built by packaging/build-deb.sh and cached by content.
+
+The key is a hash of every file that goes into the package (the agent's sources, the
+project metadata, the unit, the maintainer scripts and the build script itself), so an edit
+to any of them builds a new package and an unrelated edit (a test) reuses the cached one.
+The cache lives next to the root filesystems (``nspawn.CACHE``/deb/<key>/); a build goes to a
+temporary directory first and is renamed into place, so a killed build leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.system.nspawn import CACHE, _locked
+
+# What packaging/build-deb.sh reads from the repository.
+INPUTS = (
+    "agent",
+    "pyproject.toml",
+    "README.md",
+    "config.example.yaml",
+    "systemd/edge-agent.service",
+    "packaging/build-deb.sh",
+    "packaging/install.sh",
+    "packaging/deb",
+)
+
+
+def content_key(repo: Path) -> str:
+    h = hashlib.sha256()
+    for rel in INPUTS:
+        path = repo / rel
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            if "__pycache__" in f.parts or f.suffix == ".pyc":
+                continue
+            h.update(str(f.relative_to(repo)).encode() + b"\0")
+            h.update(f.read_bytes() + b"\0")
+            h.update(b"x" if os.access(f, os.X_OK) else b"-")
+    return h.hexdigest()[:16]
+
+
+def deb(repo: Path, cache: Path = CACHE) -> Path:
+    """The package for the tree at ``repo``, built once per content."""
+    final = cache / "deb" / content_key(repo)
+    found = sorted(final.glob("edge-agent_*.deb"))
+    if found:
+        return found[0]
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(final.parent / f".{final.name}.lock"):
+        found = sorted(final.glob("edge-agent_*.deb"))
+        if found:
+            return found[0]
+        build = Path(tempfile.mkdtemp(prefix=f".build-{final.name}.", dir=final.parent))
+        try:
+            done = subprocess.run(
+                [str(repo / "packaging/build-deb.sh"), "--out", str(build / "out")],
+                capture_output=True,
+                text=True,
+                timeout=900,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"packaging/build-deb.sh failed ({done.returncode}):\n{done.stderr[-3000:]}"
+                )
+            (build / "out" / "wheelhouse").rename(build / "wheelhouse")
+            os.rename(build / "out", final)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    return sorted(final.glob("edge-agent_*.deb"))[0]
