@@ -106,6 +106,29 @@ def unbound(tmp_path_factory: pytest.TempPathFactory, image: Path) -> tuple[Site
     return site, seen
 
 
+@pytest.fixture(scope="module")
+def no_sysctl_bind(
+    tmp_path_factory: pytest.TempPathFactory, image: Path
+) -> tuple[Site, Seen, Seen]:
+    """A site whose user-data does not bind /etc/sysctl.d: joined, then rebooted."""
+    site = Site(tmp_path_factory.mktemp("no-sysctl-bind"))
+    with site.boot(image, leave_out=("/etc/sysctl.d",)) as joined:
+        joined.wait_phase("joined")
+        joined.run_check()
+    with site.boot(image, leave_out=("/etc/sysctl.d",)) as seen:
+        seen.wait_phase("joined")
+        seen.machine.wait_for(
+            "the agent's sysctl verdict",
+            lambda: any('"sysctl.' in m for m in seen.read_journal()),
+            60,
+        )
+        seen.read_sysctl()
+        seen.agent_status()
+        seen.files = _digests(seen)
+        seen.calls = site.calls()
+    return site, joined, seen
+
+
 # ---- first boot --------------------------------------------------------------------------------
 
 
@@ -199,3 +222,37 @@ def test_an_unbound_eks_path_fails_mounts_bind_and_runs_no_nodeadm(
     assert seen.status["last_error"]["code"] == "preflight_failed"
     assert "mounts.bind" in seen.status["last_error"]["message"]
     assert site.calls() == []
+
+
+# ---- a user-data without the /etc/sysctl.d bind --------------------------------------------
+
+
+def test_without_the_sysctl_bind_mounts_bind_warns(
+    no_sysctl_bind: tuple[Site, Seen, Seen],
+) -> None:
+    _, joined, _ = no_sysctl_bind
+    bind = joined.checks["mounts.bind"]
+    assert bind["status"] == "warn", bind
+    assert bind["message"].startswith("/etc/sysctl.d is on /etc, an overlay whose upper layer")
+    assert "/etc/sysctl.d" in bind["remedy"]
+
+
+def test_lost_sysctl_file_is_reapplied_from_the_agents_copy_or_named(
+    no_sysctl_bind: tuple[Site, Seen, Seen],
+) -> None:
+    site, _, seen = no_sysctl_bind
+    assert seen.status["phase"] == "joined"
+    assert "/etc/sysctl.d/99-nodeadm.conf" not in seen.files  # gone with the in-memory /etc
+    copy = site.persist / "var/lib/edge-agent/nodeadm-sysctl.conf"
+    wanted = parse_conf(copy.read_text())
+    assert wanted["net.ipv4.ip_forward"] == "1"
+    # Nothing applied it at boot (no file): the agent did, from its copy.
+    assert seen.sysctl["net.ipv4.ip_forward"] == "1"
+    off = {k for k, v in wanted.items() if seen.sysctl[k] != v}
+    if off:
+        error = seen.status["last_error"]
+        assert error["code"] == "sysctl_not_in_force"
+        assert "(/var/lib/edge-agent/nodeadm-sysctl.conf)" in error["message"]
+        for key in off:
+            assert f"{key}: is " in error["message"]
+    assert [argv[0] for argv in seen.calls] == ["init"]  # re-applied without re-running init
