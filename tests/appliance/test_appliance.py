@@ -2,10 +2,11 @@
 systemd, with in-memory ``/etc``, ``/var`` and ``/srv`` and only the shipped user-data's paths
 (plus Kairos's own) persistent.
 
-Four boots, each a module fixture that powers off before the next: a first boot that joins; a
-reboot of the same image over the same persistent directories; an A/B upgrade (a newer agent
-build booted over them, then an assignment for another Kubernetes version); and, on a site of
-its own, a boot with one required path not bound. The tests assert on what each boot showed:
+Six boots, each in a module fixture and powered off before the next: a first boot that
+joins; a reboot of the same image over the same persistent directories; an A/B upgrade (a
+newer agent build booted over them, then an assignment for another Kubernetes version); on a
+site of its own, a boot with one required path not bound; and on another, a site whose
+user-data does not bind /etc/sysctl.d, joined and rebooted. The tests assert on what each boot showed:
 the agent's own reports (``edge-agent status`` and ``check``, from the real mountinfo), its
 journal, and the stand-in nodeadm's call log on the persistent ``/var/log``.
 """
