@@ -29,6 +29,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -236,4 +237,16 @@ def appliance_image(version: str | None = None) -> Path:
         shutil.rmtree(context)
         shutil.rmtree(tmp / "build")
 
-    return _cached(f"image-{key}", build) / "root"
+    image = _cached(f"image-{key}", build)
+    _prune(keep=image.name.split("-")[1])
+    return image / "root"
+
+
+def _prune(keep: str) -> None:
+    """Remove images built from other sources (about 230 MB each) a day after they were made:
+    a checkout boots only its own, and a CI machine would otherwise fill up. The day leaves
+    alone the images another checkout on this machine may be booting right now."""
+    for old in CACHE.glob("image-*"):
+        stale = time.time() - old.stat().st_mtime > 86400
+        if old.is_dir() and old.name.split("-")[1] != keep and stale:
+            shutil.rmtree(old, ignore_errors=True)
