@@ -31,6 +31,7 @@ from agent.core.config import Config
 from agent.driver import LifecycleDriver
 from agent.effects import HealthMonitor, LifecycleEffects, service_states
 from agent.host.hostroot import HostRoot, derive_uid
+from agent.host.kubelet import kubelet_version
 from agent.host.metrics import HealthSampler
 from agent.host.notify import Heartbeats, Notifier, watchdog_interval, watchdog_loop
 from agent.logs import LevelHolder, make_logger
@@ -136,6 +137,7 @@ class Agent:
             run_step=self.effects.run_step,
             run_checks=self.effects.run_preflight,
             tracker_present=host.tracker_present,
+            kubelet_version=lambda: kubelet_version(host),
             persist=persist,
             emit=self.out.emit,
             on_change=lambda _old, _new: self.out.publish_status(),
@@ -291,6 +293,10 @@ class Agent:
             self.out.error(ErrorCode.NODEADM_ORPHAN, orphan)
         self.dispatcher.finish_interrupted()
         self.driver.post(lc.Boot(registering=self.assignments.controller is not None))
+        if cfg.host.mode == "appliance" and self.driver.state.phase in lc.NODE_PHASES:
+            lost = await self.effects.restore_sysctls()
+            code = ErrorCode.SYSCTL_NOT_IN_FORCE
+            self.driver.post(lc.ErrorSeen(code, lost) if lost else lc.ErrorCleared(code))
         self.assignments.offer_file()
         try:
             async with asyncio.TaskGroup() as tg:

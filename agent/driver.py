@@ -33,6 +33,10 @@ StepRunner = Callable[[Step, dict[str, Any], lc.State], Awaitable[lc.StepDone]]
 ChecksRunner = Callable[[lc.State], Awaitable[list[CheckResult]]]
 
 
+async def _no_kubelet() -> str | None:
+    return None
+
+
 class LifecycleDriver:
     def __init__(
         self,
@@ -48,12 +52,14 @@ class LifecycleDriver:
         now: Callable[[], float],
         log: Log,
         heartbeat: Callable[[], None] | None = None,
+        kubelet_version: Callable[[], Awaitable[str | None]] = _no_kubelet,
     ) -> None:
         self.state = state
         self.policy = policy
         self._run_step = run_step
         self._run_checks = run_checks
         self._tracker_present = tracker_present
+        self._kubelet_version = kubelet_version
         self._persist = persist
         self._emit = emit
         self._on_change = on_change
@@ -153,7 +159,14 @@ class LifecycleDriver:
         try:
             results = await self._run_checks(self.state)
             blocking = tuple(r.id for r in results if r.blocking)
-            self.post(lc.ChecksDone(blocking=blocking, tracker_present=self._tracker_present()))
+            kubelet = None if blocking else await self._kubelet_version()
+            self.post(
+                lc.ChecksDone(
+                    blocking=blocking,
+                    tracker_present=self._tracker_present(),
+                    kubelet_version=kubelet,
+                )
+            )
         except asyncio.CancelledError:
             self.post(lc.ChecksDone(blocking=(), tracker_present=False, canceled=True))
             raise

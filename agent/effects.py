@@ -20,10 +20,11 @@ from agent.core.codes import ErrorCode, Step
 from agent.core.config import Config
 from agent.core.nodeadm_errors import NodeadmLine
 from agent.driver import LifecycleDriver
+from agent.host import sysctl
 from agent.host.hostroot import HostRoot
 from agent.host.metrics import HealthSampler, host_addresses, kubelet_healthz
 from agent.host.nodeadm import NodeadmRunner
-from agent.host.proc import ProcessError, run
+from agent.host.proc import ProcessError, run, use_transient_units
 from agent.logs import Log
 from agent.outbound import Outbound
 from agent.state.record import Record
@@ -130,11 +131,44 @@ class LifecycleEffects:
                 assert_never(step)
         if out.canceled:
             raise asyncio.CancelledError
+        if step is Step.INIT and out.ok and self._config.host.mode == "appliance":
+            self.keep_sysctls()
         if not out.ok:
             self._out.error(out.code or ErrorCode.NODEADM_FAILED, out.message, step=step)
         return lc.StepDone(
             step, ok=out.ok, code=out.code, message=out.message, node_name=out.node_name
         )
+
+    def keep_sysctls(self) -> None:
+        """Appliance mode: keep nodeadm's sysctl file where it survives a reboot."""
+        try:
+            kept = sysctl.keep_copy(self._host, self._config.state_dir)
+        except OSError as e:
+            self._log.error("sysctl.copy_failed", error=str(e))
+            return
+        if not kept:
+            self._log.warning("sysctl.no_nodeadm_file", path=sysctl.NODEADM_CONF)
+
+    async def restore_sysctls(self) -> str | None:
+        """Appliance mode, a joined node starting (a reboot): nodeadm's kernel settings must
+        be in force again for kubelet. Re-applies what is not; returns what is lost, or None."""
+        cfg = self._config
+        units = use_transient_units(cfg.nodeadm.systemd_run)
+        try:
+            report = await sysctl.restore(
+                self._host, cfg.state_dir, systemd_run=cfg.programs.systemd_run if units else None
+            )
+        except OSError as e:
+            report = sysctl.SysctlReport(source=None, missing={"*": str(e)})
+        if report.ok:
+            event = "sysctl.reapplied" if report.reapplied else "sysctl.in_force"
+            log = self._log.warning if report.reapplied else self._log.info
+            log(event, **report.as_dict())
+            return None
+        msg = report.problem()
+        self._log.error("sysctl.not_in_force", message=msg, **report.as_dict())
+        self._out.error(ErrorCode.SYSCTL_NOT_IN_FORCE, msg)
+        return msg
 
     def on_nodeadm_line(self, step: str, line: NodeadmLine) -> None:
         self._out.emit(

@@ -4,80 +4,36 @@ Both read ``/proc/1/mountinfo`` under the host root: PID 1's mount namespace is 
 so its mount points are host paths, and the agent's own sandbox (a container, systemd's
 ``ProtectSystem``) does not colour the verdict. On Kairos ``/etc`` and ``/var`` are tmpfs
 overlays, so in appliance mode the EKS paths must be bind mounts from persistent storage or
-nodeadm's files vanish at reboot (palette-kairos.md §3).
+nodeadm's files vanish at reboot. Two more paths matter there: the agent's own ``state_dir``
+(not persistent: every boot would join again, so ``fail``) and ``/etc/sysctl.d``, where
+``nodeadm init`` writes ``99-nodeadm.conf`` (not persistent: kubelet, which runs with
+``ProtectKernelDefaults``, fails after the first reboot unless the agent re-applies the
+settings, so ``warn``). In appliance mode the agent runs on the host itself, so its
+``state_dir`` is a host path and is looked up in the same mountinfo.
 """
 
 from __future__ import annotations
 
 import posixpath
-import re
-from dataclasses import dataclass
 
-from agent.checks.base import Check, CheckContext, CheckVerdict, failed, passed, skipped
+from agent.checks.base import (
+    Check,
+    CheckContext,
+    CheckVerdict,
+    failed,
+    passed,
+    skipped,
+    warned,
+)
+from agent.host.mountinfo import (
+    MOUNTINFO,
+    Mount,
+    mount_of,
+    not_persistent,
+    parse_mountinfo,
+)
 
-MOUNTINFO = "/proc/1/mountinfo"
-_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-@dataclass(frozen=True)
-class Mount:
-    mount_point: str
-    root: str
-    options: tuple[str, ...]
-    fstype: str
-    source: str
-    super_options: tuple[str, ...]
-
-    @property
-    def read_only(self) -> bool:
-        return "ro" in self.options
-
-    @property
-    def super_read_only(self) -> bool:
-        return "ro" in self.super_options
-
-
-def unescape(field: str) -> str:
-    """The kernel writes space, tab, newline and backslash in paths as ``\\040`` and so on."""
-    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Mounts in ``/proc/<pid>/mountinfo`` order (a later mount shadows an earlier one)."""
-    mounts = []
-    for line in text.splitlines():
-        parts = line.split(" ")
-        if "-" not in parts[6:]:
-            continue
-        sep = parts.index("-", 6)
-        if len(parts) < sep + 3:
-            continue
-        mounts.append(
-            Mount(
-                mount_point=unescape(parts[4]),
-                root=unescape(parts[3]),
-                options=tuple(parts[5].split(",")),
-                fstype=parts[sep + 1],
-                source=unescape(parts[sep + 2]),
-                super_options=tuple(parts[sep + 3].split(",")) if len(parts) > sep + 3 else (),
-            )
-        )
-    return mounts
-
-
-def _under(path: str, mount_point: str) -> bool:
-    return mount_point in ("/", path) or path.startswith(mount_point + "/")
-
-
-def mount_of(mounts: list[Mount], host_path: str) -> Mount | None:
-    """The mount holding ``host_path``: the longest mount point above it, the last one wins."""
-    best: Mount | None = None
-    for m in mounts:
-        if _under(host_path, m.mount_point) and (
-            best is None or len(m.mount_point) >= len(best.mount_point)
-        ):
-            best = m
-    return best
+SYSCTL_D = "/etc/sysctl.d"
 
 
 def _read_mounts(ctx: CheckContext) -> list[Mount] | CheckVerdict:
@@ -101,14 +57,45 @@ async def check_bind(ctx: CheckContext) -> CheckVerdict:
     points = {m.mount_point for m in mounts}
     wanted = [posixpath.normpath(p) for p in ctx.config.checks.bind_mounts]
     missing = [p for p in wanted if p not in points]
-    details = {"missing": missing, "mounted": [p for p in wanted if p in points]}
+    state_dir = posixpath.normpath(str(ctx.config.state_dir))
+    state_why = not_persistent(mounts, state_dir)
+    sysctl_why = not_persistent(mounts, SYSCTL_D)
+    details = {
+        "missing": missing,
+        "mounted": [p for p in wanted if p not in missing],
+        "state_dir": {"path": state_dir, "persistent": state_why is None},
+        "sysctl_d": {"path": SYSCTL_D, "persistent": sysctl_why is None},
+    }
+    problems = []
     if missing:
-        return failed(
+        problems.append(
             f"not mount points in the host's mount namespace: {', '.join(missing)}; what "
-            "nodeadm writes there is lost at reboot (Kairos keeps /etc and /var in memory)",
-            details=details,
+            "nodeadm writes there is lost at reboot (Kairos keeps /etc and /var in memory)"
         )
-    return passed(f"all {len(wanted)} EKS paths are bind mounts", details)
+    if state_why is not None:
+        problems.append(
+            f"the agent's state_dir does not persist ({state_why}): every reboot would "
+            "forget the join and run nodeadm again"
+        )
+    if problems:
+        remedy = None
+        if state_why is not None:
+            remedy = f"add {state_dir} (the agent's state_dir) and any path named above to " + (
+                "install.bind_mounts in the Kairos user-data, and reboot"
+            )
+        return failed("; ".join(problems), remedy, details)
+    if sysctl_why is not None:
+        return warned(
+            f"{sysctl_why}: nodeadm init writes 99-nodeadm.conf there and kubelet runs with "
+            "ProtectKernelDefaults, so the settings are lost at reboot and the agent has to "
+            "re-apply them at every boot",
+            f"add {SYSCTL_D} to install.bind_mounts in the Kairos user-data, and reboot",
+            details,
+        )
+    return passed(
+        f"all {len(wanted)} EKS paths are bind mounts; the state_dir and {SYSCTL_D} persist",
+        details,
+    )
 
 
 def _nearest_existing(ctx: CheckContext, host_path: str) -> str:

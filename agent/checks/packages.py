@@ -101,6 +101,10 @@ def _attempt_due(ctx: CheckContext) -> bool:
 
 
 async def check_index_fresh(ctx: CheckContext) -> CheckVerdict:
+    if ctx.config.host.mode == "appliance":
+        # The image carries nodeadm's artifacts and the agent never installs there: a stale
+        # index would block the join for nothing, and apt-get update would write into it.
+        return skipped("appliance mode: nothing is installed; the image carries Kubernetes")
     a = ctx.assignment
     if a is not None and ctx.host.tracker_present() and ctx.installed_minor == a.minor:
         return skipped(

@@ -12,8 +12,8 @@ import ctypes
 from dataclasses import dataclass
 
 from agent.checks.base import Check, CheckContext, CheckVerdict, failed, passed, warned
-from agent.checks.mounts import unescape
 from agent.host.hostroot import free_bytes
+from agent.host.mountinfo import unescape
 from agent.host.proc import ProcessError, run
 
 PROC_SWAPS = "/proc/swaps"

@@ -61,6 +61,7 @@ class ErrorCode(StrEnum):
     STATE_LOST = "state_lost"
     STATE_STORAGE_FAILED = "state_storage_failed"
     STATE_STORAGE_FULL = "state_storage_full"
+    SYSCTL_NOT_IN_FORCE = "sysctl_not_in_force"
     # The links' own trouble.
     BROKER_REFUSED = "broker_refused"
     BROKER_UNREACHABLE = "broker_unreachable"

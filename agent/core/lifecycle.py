@@ -8,6 +8,9 @@ resumes from the last persisted phase and never re-runs a step the state says is
 The rules an operator relies on:
 - a fresh host goes registering → awaiting_assignment → preflight → installing → joining → joined;
 - install is skipped when the tracker exists and the agent recorded this major.minor installed;
+- appliance mode never installs: the read-only image carries nodeadm's artifacts, so the join
+  runs only init, and only when the image's kubelet is the assignment's version (otherwise
+  ``requires_new_image``);
 - failures go to `failed` (or `preflight_failed`) with `last_error`, retried with capped backoff;
 - a new Kubernetes version upgrades, a new cluster/provider uninstalls and re-joins, and both
   wait for the controller's ``drained: true``; appliance images cannot change version in place;
@@ -128,6 +131,9 @@ def step(s: State, ev: Event, now: float, p: Policy) -> tuple[State, list[Action
 
 def _boot(s: State, ev: Boot, now: float, p: Policy) -> tuple[State, list[Action]]:
     """Resume from the persisted phase; only a host with nothing yet starts from registration."""
+    if p.appliance and s.phase is Phase.INSTALLING:
+        # Left by an older agent (or a mode change): the image is checked again instead.
+        return _start_op(s, Op.JOIN, now, "appliance mode: checking the image, not installing")
     if s.phase in RUNNING_PHASES:
         step_name = RUNNING_PHASES[s.phase]
         return replace(s, retry_at=None), [RunStep(step_name, dict(s.op_args))]
@@ -136,8 +142,10 @@ def _boot(s: State, ev: Boot, now: float, p: Policy) -> tuple[State, list[Action
     if s.phase in (Phase.FAILED, Phase.PREFLIGHT_FAILED):
         if s.last_error is not None and s.last_error.code == "canceled":
             return s, []  # an operator's cancel holds across restarts, until a new join
-        # Retry soon after a restart, but keep the backoff if it was already long.
-        retry = s.retry_at if s.retry_at is not None else now
+        # Retry soon after a restart, but keep the backoff if it was already long; a boot
+        # may bring the new image that was asked for, so that one is looked at at once.
+        new_image = s.last_error is not None and s.last_error.code == "requires_new_image"
+        retry = s.retry_at if s.retry_at is not None and not new_image else now
         return replace(s, retry_at=retry), []
     if s.phase in NODE_PHASES or s.phase is Phase.UNINSTALLED:
         return s, []
@@ -288,11 +296,40 @@ def _checks_done(s: State, ev: ChecksDone, now: float, p: Policy) -> tuple[State
     a = s.assignment
     if a is None:
         return _go(s, Phase.AWAITING_ASSIGNMENT, now, "no assignment"), []
+    if p.appliance:
+        return _image_join(s, ev, a, now, p)
     if ev.tracker_present and s.installed_minor == a.minor:
         return _go(s, Phase.JOINING, now, f"Kubernetes {a.minor} already installed"), [
             RunStep(Step.INIT)
         ]
     return _go(s, Phase.INSTALLING, now, "preflight passed"), [RunStep(Step.INSTALL)]
+
+
+def _image_join(
+    s: State, ev: ChecksDone, a: Assignment, now: float, p: Policy
+) -> tuple[State, list[Action]]:
+    """Appliance mode: the provider image carries nodeadm's artifacts on a read-only root, and
+    ``nodeadm install`` would write into it; init runs only on the version the image has."""
+    image = ev.kubelet_version
+    if (
+        ev.tracker_present
+        and image is not None
+        and not _version_changed(image, a.kubernetes_version)
+    ):
+        return _go(
+            s, Phase.JOINING, now, f"Kubernetes {image} is in the image", installed_version=image
+        ), [RunStep(Step.INIT)]
+    if not ev.tracker_present:
+        carried = "no nodeadm artifacts (no /opt/nodeadm/tracker)"
+    elif image is None:
+        carried = "no kubelet that reports its version (kubelet --version)"
+    else:
+        carried = f"Kubernetes {image}"
+    msg = (
+        f"Kubernetes {a.kubernetes_version} needs a new provider image: the read-only image "
+        f"carries {carried}; build it with K8S_DISTRIBUTION=nodeadm and this version"
+    )
+    return _fail(s, Phase.FAILED, "requires_new_image", msg, now, p), []
 
 
 def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, list[Action]]:

@@ -130,6 +130,7 @@ class ChecksDone:
     blocking: tuple[str, ...]  # ids of failed/errored checks
     tracker_present: bool
     canceled: bool = False
+    kubelet_version: str | None = None  # what the host's kubelet reports (``1.31.7``), if any
 
 
 @dataclass(frozen=True)

@@ -86,8 +86,8 @@ def partition_swap_present(root: Path) -> bool:
 def turn_off_file_swap(root: Path) -> None:
     """`swapoff` every file swap and comment its fstab entry, as init's swap aspect does."""
     swaps = under(root, "proc/swaps")
-    if swaps.exists():
-        lines = swaps.read_text().splitlines()
+    lines = swaps.read_text().splitlines() if swaps.exists() else []
+    if len(lines) > 1:  # only when there is a swap to turn off: a real /proc/swaps is not written
         swaps.write_text("\n".join(lines[:1]) + "\n")
     fstab = under(root, "etc/fstab")
     if fstab.exists():

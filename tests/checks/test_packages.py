@@ -135,6 +135,16 @@ async def test_nothing_left_to_install_skips(tmp_path: Path) -> None:
     assert r.details["refreshed"] is True
 
 
+async def test_appliance_mode_skips_and_never_refreshes(tmp_path: Path) -> None:
+    # A provider image ships with its apt lists removed and installs nothing at run time.
+    root = host(tmp_path, index_age_s=None, mode="appliance")
+    cfg = apt_config(tmp_path, root, host={"mode": "appliance"})
+    r = await one(context(cfg, assignment(), allow_changes=True), "packages.index_fresh")
+    assert r.status is CheckStatus.SKIP, r
+    assert "appliance mode" in r.message
+    assert updates(root) == 0
+
+
 async def test_never_refreshed_index_fails(tmp_path: Path) -> None:
     root = host(tmp_path, index_age_s=None)
     r = await one(context(apt_config(tmp_path, root)), "packages.index_fresh")

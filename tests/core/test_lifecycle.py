@@ -103,6 +103,63 @@ def test_install_skipped_only_when_tracker_and_recorded_version_agree(
     assert steps(acts) == [expected_step]
 
 
+APPLIANCE = replace(P, appliance=True)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "tracker", "kubelet", "phase", "step", "installed", "says"),
+    [
+        ("1.31", True, "1.31.7", lc.Phase.JOINING, "init", "1.31.7", None),
+        ("1.31.7", True, "1.31.7", lc.Phase.JOINING, "init", "1.31.7", None),
+        ("1.31.2", True, "1.31.7", lc.Phase.FAILED, None, None, "carries Kubernetes 1.31.7"),
+        ("1.31", True, "1.30.5", lc.Phase.FAILED, None, None, "carries Kubernetes 1.30.5"),
+        ("1.31", False, "1.31.7", lc.Phase.FAILED, None, None, "no /opt/nodeadm/tracker"),
+        ("1.31", True, None, lc.Phase.FAILED, None, None, "no kubelet that reports"),
+    ],
+)
+def test_appliance_never_installs_and_inits_only_the_image_version(
+    wanted: str,
+    tracker: bool,
+    kubelet: str | None,
+    phase: lc.Phase,
+    step: str | None,
+    installed: str | None,
+    says: str | None,
+) -> None:
+    s = lc.State(phase=lc.Phase.PREFLIGHT, assignment=asg(kubernetes_version=wanted), op=lc.Op.JOIN)
+    done = lc.ChecksDone(blocking=(), tracker_present=tracker, kubelet_version=kubelet)
+    s, acts = run(s, done, p=APPLIANCE)
+    assert s.phase is phase
+    assert steps(acts) == ([step] if step else [])
+    assert s.installed_version == installed
+    if says is None:
+        assert s.last_error is None
+    else:
+        assert s.last_error is not None and s.last_error.code == "requires_new_image"
+        assert says in s.last_error.message and f"Kubernetes {wanted} needs" in s.last_error.message
+        assert s.retry_at is not None  # looked at again later; a boot looks at once (below)
+
+
+def test_appliance_boot_rechecks_the_image_instead_of_resuming_an_install() -> None:
+    s = lc.State(phase=lc.Phase.INSTALLING, assignment=asg(), op=lc.Op.JOIN)
+    s, acts = run(s, lc.Boot(registering=False), p=APPLIANCE)
+    assert s.phase is lc.Phase.PREFLIGHT and steps(acts) == ["RunChecks"]
+    # Agent mode resumes the interrupted install, as before.
+    s, acts = run(replace(s, phase=lc.Phase.INSTALLING), lc.Boot(registering=False))
+    assert steps(acts) == ["install"]
+
+
+def test_a_boot_after_requires_new_image_looks_at_the_image_at_once() -> None:
+    s = lc.State(phase=lc.Phase.PREFLIGHT, assignment=asg(), op=lc.Op.JOIN, failures=8)
+    s, _ = run(s, lc.ChecksDone((), tracker_present=True, kubelet_version="1.30.5"), p=APPLIANCE)
+    assert s.retry_at == 1000.0 + 1800  # capped backoff
+    s, _ = run(s, lc.Boot(registering=False), now=2000.0, p=APPLIANCE)
+    s, acts = run(s, lc.Tick(), now=2000.0, p=APPLIANCE)
+    assert s.phase is lc.Phase.PREFLIGHT and steps(acts) == ["RunChecks"]
+    s, acts = run(s, lc.ChecksDone((), tracker_present=True, kubelet_version="1.31.1"), p=APPLIANCE)
+    assert s.phase is lc.Phase.JOINING and steps(acts) == ["init"]
+
+
 def test_blocking_checks_fail_preflight_and_retry_with_capped_backoff() -> None:
     s = lc.State(phase=lc.Phase.PREFLIGHT, assignment=asg(), op=lc.Op.JOIN)
     s, acts = run(s, lc.ChecksDone(blocking=("system.swap",), tracker_present=False), now=0)

@@ -1,7 +1,7 @@
 """The Kairos (Appliance Mode) files agree with the agent: packaging/kairos/*.
 
-The user-data must persist exactly the agent's `checks.bind_mounts` default plus its state
-directory, create /eks-hybrid in the rootfs, and write a config the agent's own parser accepts
+The user-data must persist exactly the agent's `checks.bind_mounts` default plus
+/etc/sysctl.d (nodeadm's sysctl file) and its state directory, create /eks-hybrid in the rootfs, and write a config the agent's own parser accepts
 in appliance mode, with every file that config names written by the same stage, privately.
 The Dockerfile fragment must install under /usr/lib/edge-agent (never /opt), offline from the
 hashed wheelhouse; the CanvOS .arg must select the nodeadm provider.
@@ -27,6 +27,7 @@ from tests.packaging.conftest import PACKAGING, Build
 
 KAIROS = PACKAGING / "kairos"
 STATE_DIR = "/var/lib/edge-agent"
+SYSCTL_D = "/etc/sysctl.d"
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +50,14 @@ def stage_files(user_data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def test_bind_mounts_are_the_agents_paths_plus_its_state_dir(user_data: dict[str, Any]) -> None:
+def test_bind_mounts_are_the_agents_paths_plus_sysctl_d_and_its_state_dir(
+    user_data: dict[str, Any],
+) -> None:
     mounts = user_data["install"]["bind_mounts"]
     assert len(mounts) == len(set(mounts)), "a bind mount is listed twice"
     assert STATE_DIR in mounts
-    assert [m for m in mounts if m != STATE_DIR] == list(EKS_BIND_MOUNTS)
+    assert SYSCTL_D in mounts  # nodeadm's 99-nodeadm.conf must survive a reboot
+    assert [m for m in mounts if m not in (STATE_DIR, SYSCTL_D)] == list(EKS_BIND_MOUNTS)
 
 
 def test_eks_hybrid_is_created_in_the_rootfs(user_data: dict[str, Any]) -> None:
