@@ -94,5 +94,5 @@ async def test_under_systemd_sysctl_runs_in_a_transient_unit(tmp_path: Path) -> 
     r = await restore(h, tmp_path / "state", systemd_run=str(fake))
     argv = json.loads(calls.read_text())
     assert argv[argv.index("--") + 1 :] == ["sysctl", "-w", "kernel.panic=10"]
-    assert "Type=oneshot" in argv
+    assert "Type=exec" in argv
     assert r.missing == {"kernel.panic": "still '0' after setting it (sysctl -w exited 3)"}
