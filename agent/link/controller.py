@@ -42,6 +42,7 @@ from agent.core.controller_policy import (
     slow_delay,
     status_verdict,
 )
+from agent.link.replybody import BadEncoding, BoundedBody, ReplyTooLarge
 from agent.link.tls import client_context
 from agent.state.atomic import write_bytes
 
@@ -177,9 +178,10 @@ class ControllerClient:
         while True:
             try:
                 reg, bad_assignment = await self._register_once(body)
-            except ControllerError as e:
-                self._failed(e, "controller.register_failed")
-                await self._sleep(self._delay(e))
+            except Exception as exc:  # noqa: BLE001 - see _odd: a reply must not end the agent
+                err = exc if isinstance(exc, ControllerError) else self._odd(exc, REGISTER_PATH)
+                self._failed(err, "controller.register_failed")
+                await self._sleep(self._delay(err))
                 continue
             self._backoff.reset()
             self._failing = False
@@ -237,6 +239,10 @@ class ControllerClient:
         except ControllerError as e:
             self._failed(e, "controller.assignment_failed")
             raise
+        except Exception as exc:  # see _odd: a reply must not end the agent
+            odd = self._odd(exc, "the assignment")
+            self._failed(odd, "controller.assignment_failed")
+            raise odd from exc
         self._succeeded()
         return result
 
@@ -337,12 +343,14 @@ class ControllerClient:
         kw["headers"] = {"Authorization": f"Bearer {token}", **kw.get("headers", {})}
         try:
             async with asyncio.timeout(deadline), http.stream(method, path, **kw) as reply:
-                body = b""
-                async for chunk in reply.aiter_bytes():
-                    body += chunk
-                    # A few KiB are expected; never buffer a broken controller's endless stream.
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        raise ControllerError("controller_unreachable", f"{path}: reply too large")
+                # A few KiB are expected; never buffer a broken controller's endless stream,
+                # nor let a compressed one inflate past the limit (see agent.link.replybody).
+                collected = BoundedBody(reply.headers.get("Content-Encoding"), MAX_RESPONSE_BYTES)
+                async for chunk in reply.aiter_raw():
+                    collected.feed(chunk)
+                body = collected.finish()
+        except (ReplyTooLarge, BadEncoding) as e:
+            raise ControllerError("controller_unreachable", f"{method} {path}: {e}") from None
         # ssl.SSLError (raw, when our client certificate is refused) and asyncio.timeout's
         # TimeoutError are both OSErrors.
         except (httpx.HTTPError, OSError) as e:
@@ -407,6 +415,14 @@ class ControllerClient:
             retry_after = parse_retry_after(reply.headers.get("Retry-After"), time.time())
         return ControllerError(verdict.code, msg, slow=verdict.slow, retry_after=retry_after)
 
+    def _odd(self, exc: Exception, what: str) -> ControllerError:
+        """A failure nobody foresaw while handling a reply (a parser's RecursionError once):
+        whatever the controller, or anyone on an http:// path, sends costs at most this
+        error and a retry, never the agent (which systemd would restart into a crash loop)."""
+        self._log.warning("controller.reply_unhandled", error=repr(exc), exc_info=exc)
+        msg = f"cannot handle the controller's reply for {what}: {type(exc).__name__}: {exc}"
+        return ControllerError("controller_unreachable", self._scrub(msg[:300]))
+
     def _delay(self, e: ControllerError) -> float:
         if e.slow:
             return slow_delay(self._cfg.max_backoff_s, e.retry_after, self._rng)
@@ -446,7 +462,8 @@ class ControllerClient:
             base_url=cfg.url,
             verify=verify or False,
             timeout=httpx.Timeout(cfg.timeout_s),
-            headers={"User-Agent": f"edge-agent/{__version__}"},
+            # identity: a compressed body's size is only known once inflated (replybody.py).
+            headers={"User-Agent": f"edge-agent/{__version__}", "Accept-Encoding": "identity"},
             follow_redirects=False,
         )
         self._tls_stamp = stamp
