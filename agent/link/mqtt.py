@@ -36,12 +36,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.core.backoff import Backoff
 from agent.core.config import MqttConfig
 from agent.core.timefmt import iso
+from agent.link.intake import CommandIntake
 from agent.link.linkstate import (
     QUICK_DROP_S,
+    AvailabilityGuard,
     LinkCondition,
     SessionCounter,
     availability,
-    stale_offline,
 )
 from agent.link.messages import Kind, Outgoing, describe_drops, encode, is_queued
 from agent.link.outbox import Outbox
@@ -54,6 +55,7 @@ STOP_TIMEOUT_S = 2.0
 SYNC_DELAY_S = 0.05  # outbox fsync batching window
 DROP_REPORT_S = 60.0  # at most one outbox_full event per minute while connected
 HEARTBEAT_S = 5.0
+INCOMING_BACKSTOP = 4096
 
 
 T = TypeVar("T")
@@ -107,7 +109,9 @@ class MqttLink:
         self._wake, self._stop_event, self._done = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._health: Outgoing | None = None
         self._republish_online = False
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._guard = AvailabilityGuard(log)
+        self._online_timer: asyncio.TimerHandle | None = None
+        self._intake = CommandIntake(on_command, report=self._report_dropped_commands, log=log)
         self._sync_handle: asyncio.TimerHandle | None = None
         self._run_task: asyncio.Task[Any] | None = None
         self._condition = LinkCondition(uid)
@@ -186,6 +190,7 @@ class MqttLink:
             raise RuntimeError("MqttLink.run() is already running")
         self._running, self._run_task = True, asyncio.current_task()
         self._done.clear()
+        self._intake.start()
         backoff = Backoff(1.0, self._cfg.max_backoff_s, self._rng)
         loop = asyncio.get_running_loop()
         try:
@@ -208,10 +213,7 @@ class MqttLink:
                     self._heartbeat()
         finally:
             self._running = self._connected = False
-            for task in self._handlers:
-                task.cancel()
-            if self._handlers:
-                await asyncio.wait(self._handlers, timeout=1.0)
+            await self._intake.stop()
             self._outbox.sync()
             self._done.set()
 
@@ -286,6 +288,10 @@ class MqttLink:
             # unacknowledged one then waits for the broker's 40 ms delayed ACK (measured:
             # 88 ms per command round trip instead of 2 ms, benchmarks/roundtrip.py).
             "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            # A backstop only: the read loop empties aiomqtt's queue as messages come, into
+            # the bounded intake. Before it starts (the SUBACK wait) a persistent session's
+            # backlog lands here; what passes this is dropped by aiomqtt with a warning.
+            "max_queued_incoming_messages": INCOMING_BACKSTOP,
         }
         if cfg.protocol == "3.1.1":
             v311 = aiomqtt.ProtocolVersion.V311
@@ -332,14 +338,14 @@ class MqttLink:
 
     async def _read(self, client: aiomqtt.Client) -> None:
         # The only task always waiting on the connection: it is how a lost one is noticed.
+        # It never waits on a command: each goes to the bounded intake or is dropped there.
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             if message.topic.value == self._t_commands:
-                task = asyncio.create_task(self._handle(payload))
-                self._handlers.add(task)
-                task.add_done_callback(self._handlers.discard)
-            elif message.topic.value == self._t_avail:
-                self._check_availability(payload)
+                self._intake.offer(payload)
+            elif message.topic.value == self._t_avail and self._corrects(payload):
+                self._republish_online = True
+                self._wake.set()
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         window, cursor = asyncio.Semaphore(WINDOW), 0
@@ -347,10 +353,7 @@ class MqttLink:
         async with asyncio.TaskGroup() as tg:
             while True:
                 if self._republish_online and not self._stopping:
-                    self._republish_online = False
-                    payload = self._availability("online")
-                    call = client.publish(self._t_avail, payload, 1, True, timeout=math.inf)
-                    await _acked(call, self._call_timeout)
+                    await self._say_online(client)
                 if self._health is not None:
                     health, self._health = self._health, None
                     qos = self._cfg.health_qos
@@ -401,18 +404,33 @@ class MqttLink:
                 self._log.warning("mqtt.offline_not_acknowledged", error=str(exc))
         raise _Stopped
 
-    async def _handle(self, payload: bytes) -> None:
-        try:
-            await self._on_command(payload)
-        except Exception as exc:  # noqa: BLE001 - the handler's failure must not end the link
-            self._log.error("mqtt.command_handler_failed", error=repr(exc))
+    def _corrects(self, payload: bytes) -> bool:
+        return self._guard.seen(payload, self.session) and not self._stopping
 
-    def _check_availability(self, payload: bytes) -> None:
-        stale = stale_offline(payload, self.session)
-        if stale is not None and not self._stopping:
-            self._log.info("mqtt.self_heal", stale_session=stale, session=self.session)
-            self._republish_online = True
-            self._wake.set()
+    async def _say_online(self, client: aiomqtt.Client) -> None:
+        """Answer what the availability guard flagged with `online`, at its pace."""
+        loop = asyncio.get_running_loop()
+        wait = self._guard.due(loop.time())
+        if wait > 0:
+            if self._online_timer is None:
+                self._online_timer = loop.call_later(wait, self._online_due)
+            return
+        self._republish_online = False
+        self._log.info("mqtt.self_heal", session=self.session)
+        self._guard.published(loop.time())
+        call = client.publish(
+            self._t_avail, self._availability("online"), 1, True, timeout=math.inf
+        )
+        await _acked(call, self._call_timeout)
+
+    def _online_due(self) -> None:
+        self._online_timer = None
+        self._wake.set()
+
+    def _report_dropped_commands(self, message: str) -> None:
+        event = {"uid": self._uid, "ts": iso(self._now()), "seq": self._next_seq()}
+        event |= {"type": "error", "code": "commands_dropped", "message": message}
+        self.send(Kind.EVENT, "events", event)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
