@@ -25,7 +25,7 @@ import yaml
 from agent import __version__
 from agent.commands.dispatcher import Dispatcher
 from agent.commands.handlers import build_specs
-from agent.commands.ledger import CommandLedger
+from agent.commands.ledger import CommandLedger, prune_periodically
 from agent.commands.signature import load_public_key_file
 from agent.configfile import load_config
 from agent.core import lifecycle as lc
@@ -43,6 +43,7 @@ from agent.state.store import RECOVER_FROM_HOST, HostFacts, StateStore, recovere
 from agent.status import build_status
 from agent.work import AgentWork
 
+LEDGER_PRUNE_S = 300.0
 CONTROLLER_CODES = (
     "controller_unreachable",
     "registration_failed",
@@ -330,6 +331,11 @@ class Agent(AgentWork):
                     tg.create_task(self.controller_loop(), name="controller")
                 interval = cfg.mqtt.health_interval_s if cfg.mqtt else 30.0
                 self._loop(tg, "health", self.health_loop(interval), max(60.0, 3 * interval))
+                # Expired command ids and their replies leave memory on a timer (issue 12).
+                trim = prune_periodically(
+                    self.ledger, LEDGER_PRUNE_S, heartbeat=lambda: self.stamp("ledger")
+                )
+                self._loop(tg, "ledger", trim, 2 * LEDGER_PRUNE_S + 60)
                 if cfg.mqtt is not None:
                     self._loop(
                         tg,

@@ -16,7 +16,7 @@ envelope's own window check refuses the id as `expired`. The margin covers what 
 may lose in a crash (its `persist_every_s` must not exceed `max_skew_s`). The ledger holds
 at most `max_entries` ids; when full, it first prunes, then forgets final entries already
 past their expiry, oldest expiry first, after flushing the clock so that "past" survives a
-restart. Running entries and entries still inside their window are never forgotten: if
+restart. While the agent runs, `prune_periodically` trims it on a timer as well. Running entries and entries still inside their window are never forgotten: if
 those alone fill the ledger, `record_start` raises `LedgerFull` and the command must not
 run. Only a controller sending more than `max_entries` commands within one TTL gets there.
 
@@ -28,10 +28,11 @@ that survives is one more id that cannot be replayed).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -49,6 +50,7 @@ __all__ = [
     "LedgerError",
     "LedgerFull",
     "UnknownCommandId",
+    "prune_periodically",
 ]
 
 SCHEMA: Final = "edge-agent/command-ledger"
@@ -222,6 +224,21 @@ class CommandLedger:
         cutoff = self._clock.now() - self._grace_s
         return self._forget(e for e in self._entries.values() if e.final and e.expires_ts < cutoff)
 
+    def prune_and_compact(self) -> int:
+        """The periodic trim: prune, and rewrite the journal when anything was forgotten.
+
+        Without it a running agent forgot nothing until the ledger was full, so expired
+        entries and their replies stayed in memory (a routine `run-checks` every 5 minutes
+        held 10,000 replies after 35 days). A failed rewrite is kept in `last_error`.
+        """
+        forgotten = self.prune()
+        if forgotten:
+            try:
+                self._compact()
+            except OSError as e:
+                self.last_error = e
+        return forgotten
+
     def close(self) -> None:
         """Close the journal; the ledger must not be used afterwards."""
         if self._fd >= 0:
@@ -339,3 +356,17 @@ class CommandLedger:
         os.replace(self._path, target)
         self.recovered_from_corruption = True
         self.corrupt_copy = target
+
+
+async def prune_periodically(
+    ledger: CommandLedger,
+    interval_s: float,
+    *,
+    heartbeat: Callable[[], None] = lambda: None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Trim `ledger` every `interval_s` for ever (a named loop of the daemon's TaskGroup)."""
+    while True:
+        heartbeat()
+        await sleep(interval_s)
+        ledger.prune_and_compact()
