@@ -13,6 +13,7 @@ topic and paces the `online` it calls for. No aiomqtt here: the link
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
 from pathlib import Path
@@ -116,6 +117,16 @@ class SessionCounter:
 
     def save(self) -> None:
         write_json(self.path, {"schema": 1, "session": self.value})
+
+    async def advance_and_save(self, log: Any) -> int:
+        """Raise the counter before a connect and save it off the loop; a failed save is
+        logged, not fatal (the next connect saves a higher number anyway)."""
+        self.advance()
+        try:
+            await asyncio.to_thread(self.save)
+        except OSError as exc:
+            log.warning("mqtt.session_not_saved", error=str(exc))
+        return self.value
 
     def _load(self) -> int:
         try:
