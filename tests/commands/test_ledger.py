@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -599,4 +600,31 @@ async def test_the_periodic_loop_forgets_expired_entries_and_shrinks_the_journal
     ledger.close()
     again = open_ledger(path, clock)
     assert len(again) == 1
+    again.close()
+
+
+def test_replies_are_kept_compact_and_bounded_by_size(path: Path) -> None:
+    clock = HandClock()
+    ledger = open_ledger(path, clock, max_reply_bytes=2 * 1024 * 1024)
+    checks = [
+        {"id": f"check.{i}", "status": "pass", "details": {"x": "y" * 100}} for i in range(100)
+    ]
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(1000):
+        cid = f"rc{i:05d}"
+        ledger.record_start(command(cid, expires=T0 + 3600, name="run-checks"))
+        ledger.record_final(cid, reply(cid, result={"checks": checks}))
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    # 1,000 replies of ~16 KB each: 16 MB as text, several times that as parsed objects.
+    assert ledger.reply_bytes <= 2 * 1024 * 1024
+    assert held < 6 * 1024 * 1024, f"the ledger holds {held} bytes"
+    oldest, newest = got(ledger, "rc00000"), got(ledger, "rc00999")
+    assert oldest.state == "succeeded" and oldest.reply is not None
+    assert oldest.reply["result"] is None  # slimmed, not forgotten: still no replay
+    assert newest.reply is not None and newest.reply["result"] == {"checks": checks}
+    ledger.close()
+    again = open_ledger(path, clock, max_reply_bytes=2 * 1024 * 1024)
+    assert again.reply_bytes <= 2 * 1024 * 1024 and len(again) == 1000
     again.close()
