@@ -24,7 +24,7 @@ from agent import __version__
 from agent.assignments import AssignmentSource
 from agent.commands.dispatcher import Dispatcher
 from agent.commands.handlers import build_specs
-from agent.commands.ledger import CommandLedger
+from agent.commands.ledger import CommandLedger, prune_periodically
 from agent.core import lifecycle as lc
 from agent.core.codes import BROKER_CODES, ErrorCode
 from agent.core.config import Config
@@ -47,6 +47,9 @@ from agent.status import build_status
 
 if TYPE_CHECKING:
     from agent.link.mqtt import MqttLink
+
+
+LEDGER_PRUNE_S = 300.0  # how often expired command ids and their replies are dropped
 
 
 class _Stop(Exception):
@@ -337,6 +340,11 @@ class Agent:
             )
         interval = cfg.mqtt.health_interval_s if cfg.mqtt else 30.0
         self._loop(tg, "health", self._health_loop(interval), max(60.0, 3 * interval))
+        # Expired command ids and their replies leave memory on a timer, not only at start.
+        trim = prune_periodically(
+            self.ledger, LEDGER_PRUNE_S, heartbeat=lambda: self.stamp("ledger")
+        )
+        self._loop(tg, "ledger", trim, 2 * LEDGER_PRUNE_S + 60)
         if cfg.mqtt is not None:
             every = cfg.mqtt.status_interval_s
             self._loop(tg, "status", self._status_loop(every), max(60.0, 3 * every))

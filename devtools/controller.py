@@ -3,9 +3,9 @@
 `Controller` is a stdlib `ThreadingHTTPServer` on 127.0.0.1 in a daemon thread: hosts
 register with a registration token, poll their assignment with the host token they got
 back, and upload diagnostics bundles. Test knobs (token rotation, injected failures with
-`Retry-After`, UID conflicts, revoked host tokens, slow answers, kubelet healthz) are plain
-attributes or methods, safe to change while the server runs, and every request is recorded
-so a test can assert on what the agent actually sent. `ServerTLS` holds a trustme CA and
+`Retry-After`, hostile raw replies, UID conflicts, revoked host tokens, slow answers,
+kubelet healthz) are plain attributes or methods, safe to change while the server runs,
+and every request is recorded so a test can assert on what the agent actually sent. `ServerTLS` holds a trustme CA and
 the server certificate it issued, optionally demanding client certificates (mTLS); the
 Mosquitto fixture reuses it. This is a fake for loopback tests, never a production server.
 """
@@ -118,6 +118,8 @@ class _Failure:
     status: int
     retry_after: float | None
     path_prefix: str
+    body: bytes | None = None  # None: the usual small JSON error
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _validate_registration(body: Any) -> str | None:
@@ -347,6 +349,23 @@ class Controller:
         with self._cond:
             self._failures.append(_Failure(n, status, retry_after, path_prefix))
 
+    def serve_raw_next(
+        self,
+        n: int,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        path_prefix: str = "/v1/hosts/",
+    ) -> None:
+        """The next `n` requests under `path_prefix` get exactly `body` and `headers`.
+
+        For hostile replies: deeply nested JSON, a `Content-Encoding` the body was compressed
+        with (or claims), whatever a broken or malicious controller might send. The body is
+        sent as given, with a correct `Content-Length`.
+        """
+        with self._cond:
+            self._failures.append(_Failure(n, status, None, path_prefix, body, headers or {}))
+
     def set_assignment(self, uid: str, assignment: dict[str, Any] | None) -> None:
         """Give one host its own assignment, overriding `assignment` (None means none yet)."""
         with self._cond:
@@ -430,6 +449,8 @@ class Controller:
     ) -> tuple[int, bytes, dict[str, str]]:
         failure = self._take_failure(path)
         if failure is not None:
+            if failure.body is not None:
+                return failure.status, failure.body, dict(failure.headers)
             extra = {"Content-Type": "application/json"}
             if failure.retry_after is not None:
                 # Integral seconds print as "2", the form every client parses.

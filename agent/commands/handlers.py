@@ -15,7 +15,8 @@ from agent.core.checks import summary
 
 # The shape an assignment's kubernetes_version has (agent/core/assignment.py): a malformed
 # version must be refused here, not handed to nodeadm to fail and be retried forever.
-_VERSION = re.compile(r"\d+\.\d+(\.\d+)?")
+# ASCII digits only (`\d` would take fullwidth or Arabic-Indic digits); used with fullmatch.
+_VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
 
 
 class AgentOps(Protocol):

@@ -16,7 +16,7 @@ envelope's own window check refuses the id as `expired`. The margin covers what 
 may lose in a crash (its `persist_every_s` must not exceed `max_skew_s`). The ledger holds
 at most `max_entries` ids; when full, it first prunes, then forgets final entries already
 past their expiry, oldest expiry first, after flushing the clock so that "past" survives a
-restart. Running entries and entries still inside their window are never forgotten: if
+restart. While the agent runs, `prune_periodically` trims it on a timer as well. Running entries and entries still inside their window are never forgotten: if
 those alone fill the ledger, `record_start` raises `LedgerFull` and the command must not
 run. Only a controller sending more than `max_entries` commands within one TTL gets there.
 
@@ -28,10 +28,12 @@ that survives is one more id that cannot be replayed).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -49,6 +51,7 @@ __all__ = [
     "LedgerError",
     "LedgerFull",
     "UnknownCommandId",
+    "prune_periodically",
 ]
 
 SCHEMA: Final = "edge-agent/command-ledger"
@@ -83,14 +86,25 @@ class LedgerFull(LedgerError):
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One verified command id. `reply` is the recorded final reply (read-only)."""
+    """One verified command id. `reply` is the recorded final reply (a fresh copy).
+
+    The reply is held as compact JSON bytes: a parsed `run-checks` reply costs several
+    times its text in Python objects (10,000 of them took 164 MiB).
+    """
 
     id: str
     name: str
     state: str
     expires_ts: float
     started_ts: float
-    reply: dict[str, Any] | None = None
+    reply_json: bytes | None = None
+
+    @property
+    def reply(self) -> dict[str, Any] | None:
+        if self.reply_json is None:
+            return None
+        doc: dict[str, Any] = json.loads(self.reply_json)
+        return doc
 
     @property
     def final(self) -> bool:
@@ -122,14 +136,21 @@ def _entry_from_json(line: bytes) -> LedgerEntry | None:
     final = state in FINAL_STATES
     if not (final or state in RUNNING_STATES) or final != isinstance(reply, dict):
         return None
-    return LedgerEntry(cid, name, state, float(obj["expires_ts"]), float(obj["started_ts"]), reply)
+    expires, started = float(obj["expires_ts"]), float(obj["started_ts"])
+    return LedgerEntry(cid, name, state, expires, started, _compact_json(reply))
+
+
+def _compact_json(reply: dict[str, Any] | None) -> bytes | None:
+    return None if reply is None else json.dumps(reply, separators=(",", ":")).encode()
 
 
 def _entry_line(entry: LedgerEntry) -> bytes:
     doc = asdict(entry)
-    if entry.reply is None:
-        del doc["reply"]
-    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+    del doc["reply_json"]
+    line = json.dumps(doc, separators=(",", ":")).encode()
+    if entry.reply_json is not None:  # spliced in as it is, not parsed again
+        line = line[:-1] + b',"reply":' + entry.reply_json + b"}"
+    return line + b"\n"
 
 
 class CommandLedger:
@@ -142,11 +163,15 @@ class CommandLedger:
         *,
         max_skew_s: float = 300.0,
         max_entries: int = 10_000,
+        max_reply_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self._path = path
         self._clock = clock
         self._grace_s = max_skew_s
         self._max_entries = max_entries
+        self._max_reply_bytes = max_reply_bytes
+        self._reply_bytes = 0
+        self._fat: deque[str] = deque()  # ids whose reply may still hold a result, oldest first
         self._entries: dict[str, LedgerEntry] = {}
         self._fd = -1
         self._size = 0
@@ -161,6 +186,7 @@ class CommandLedger:
         self._interrupted = [e.id for e in self._entries.values() if not e.final]
         self.prune()
         self._compact()
+        self._slim()  # a smaller max_reply_bytes than the last run's
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -211,16 +237,37 @@ class CommandLedger:
         if state not in FINAL_STATES:
             raise ValueError(f"reply state {state!r} is not a final state")
         entry = self._running(command_id)
-        # A detached copy: the caller goes on to stamp `ts`/`seq` on its own dict.
-        recorded = json.loads(json.dumps(reply))
-        final = replace(entry, state=state, reply=recorded)
+        final = replace(entry, state=state, reply_json=_compact_json(reply))
         self._write(final, durable=True)
+        self._fat.append(command_id)
+        self._slim()
         return final
+
+    @property
+    def reply_bytes(self) -> int:
+        """What the recorded replies take, as compact JSON: at most `max_reply_bytes` once
+        the oldest have been slimmed."""
+        return self._reply_bytes
 
     def prune(self) -> int:
         """Forget final entries whose expiry plus `max_skew_s` is behind the clock."""
         cutoff = self._clock.now() - self._grace_s
         return self._forget(e for e in self._entries.values() if e.final and e.expires_ts < cutoff)
+
+    def prune_and_compact(self) -> int:
+        """The periodic trim: prune, and rewrite the journal when anything was forgotten.
+
+        Without it a running agent forgot nothing until the ledger was full, so expired
+        entries and their replies stayed in memory (a routine `run-checks` every 5 minutes
+        held 10,000 replies after 35 days). A failed rewrite is kept in `last_error`.
+        """
+        forgotten = self.prune()
+        if forgotten:
+            try:
+                self._compact()
+            except OSError as e:
+                self.last_error = e
+        return forgotten
 
     def close(self) -> None:
         """Close the journal; the ledger must not be used afterwards."""
@@ -241,8 +288,20 @@ class CommandLedger:
     def _forget(self, entries: Iterable[LedgerEntry]) -> int:
         doomed = [e.id for e in entries]
         for cid in doomed:
-            del self._entries[cid]
+            self._reply_bytes -= len(self._entries.pop(cid).reply_json or b"")
         return len(doomed)
+
+    def _slim(self) -> None:
+        """Over `max_reply_bytes`: the oldest replies lose their `result` (state, message and
+        error stay, so a repeat still learns how its command ended). Bounds the ledger's
+        memory by size, not only by count, and without forgetting an id early."""
+        while self._reply_bytes > self._max_reply_bytes and self._fat:
+            entry = self._entries.get(self._fat.popleft())
+            reply = entry.reply if entry is not None else None
+            if entry is None or reply is None or reply.get("result") is None:
+                continue
+            slim = replace(entry, reply_json=_compact_json(reply | {"result": None}))
+            self._write(slim, durable=False)
 
     def _make_room(self) -> None:
         if self.prune():
@@ -275,6 +334,9 @@ class CommandLedger:
             raise
         self._size += len(line)
         self._lines += 1
+        old = self._entries.get(entry.id)
+        before = old.reply_json if old is not None else None
+        self._reply_bytes += len(entry.reply_json or b"") - len(before or b"")
         self._entries[entry.id] = entry
         if self._lines > max(_MIN_COMPACT_LINES, 2 * len(self._entries)):
             try:
@@ -325,8 +387,13 @@ class CommandLedger:
                     self._set_aside()
                 continue
             old = self._entries.get(entry.id)
-            if old is None or not old.final:  # a final entry never goes back to running
+            # A final entry never goes back to running; a later line of the same final
+            # state is the same reply slimmed (see _slim).
+            if old is None or not old.final or old.state == entry.state:
                 self._entries[entry.id] = entry
+        self._reply_bytes = sum(len(e.reply_json or b"") for e in self._entries.values())
+        finals = sorted((e for e in self._entries.values() if e.final), key=lambda e: e.started_ts)
+        self._fat.extend(e.id for e in finals)
 
     def _set_aside(self) -> None:
         """Move the damaged file out of the way, keeping it for a post-mortem."""
@@ -339,3 +406,17 @@ class CommandLedger:
         os.replace(self._path, target)
         self.recovered_from_corruption = True
         self.corrupt_copy = target
+
+
+async def prune_periodically(
+    ledger: CommandLedger,
+    interval_s: float,
+    *,
+    heartbeat: Callable[[], None] = lambda: None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Trim `ledger` every `interval_s` for ever (a named loop of the daemon's TaskGroup)."""
+    while True:
+        heartbeat()
+        await sleep(interval_s)
+        ledger.prune_and_compact()

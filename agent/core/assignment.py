@@ -16,7 +16,8 @@ from typing import Any
 
 from agent.core.errors import AgentError
 
-_VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
+# ASCII digits only, and fullmatch: `$` lets "1.31\n" through, `\d` fullwidth digits.
+_VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
 
 
 class AssignmentError(AgentError):
@@ -130,7 +131,7 @@ class _Reader:
                 "(1.30 unquoted is read as 1.3)",
             )
         s = self.string(name, required=required)
-        if s is not None and not _VERSION.match(s):
+        if s is not None and not _VERSION.fullmatch(s):
             raise AssignmentError(self.key(name), f'must look like "1.31" or "1.31.2", got {s!r}')
         return s
 

@@ -115,10 +115,14 @@ def accepted(raw: bytes, sent_uid: object) -> Accepted | None:
 
 
 def json_object(raw: bytes) -> dict[str, Any] | None:
-    """`raw` parsed as a JSON object, or None when it is not one."""
+    """`raw` parsed as a JSON object, or None when it is not one.
+
+    Deep nesting (5 KB of ``[``) raises RecursionError, not ValueError: a reply from anyone
+    on the path must never be able to end the agent.
+    """
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
 

@@ -8,6 +8,7 @@ the NodeConfig, every `*_file`) are ordinary paths and never pass through here.
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 
 TRACKER = "/opt/nodeadm/tracker"
 SSM_REGISTRATION = "/var/lib/amazon/ssm/registration"
+MAX_LINKS = 40
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,36 @@ class HostRoot:
         self.root = root
 
     def path(self, host_path: str) -> Path:
-        """The agent-side path of ``host_path`` (an absolute path on the host)."""
-        return self.root / host_path.lstrip("/")
+        """The agent-side path of ``host_path`` (an absolute path on the host).
+
+        Resolved as if the host root were `/` (a chroot): ``..`` stops at the root, and a
+        symbolic link on the way, absolute or relative, is followed inside the root. Some
+        paths come from the controller (the IAM Roles Anywhere certificate and key), and
+        none may name a file of the agent's own system outside ``host.root``. OSError
+        (ELOOP) after 40 links, as the kernel does.
+        """
+        parts = [p for p in host_path.split("/") if p and p != "."]
+        resolved: list[str] = []
+        links = 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if resolved:
+                    resolved.pop()
+                continue
+            candidate = self.root.joinpath(*resolved, part)
+            try:
+                target = os.readlink(candidate)
+            except OSError:  # not a link, or not there: the rest is taken as written
+                resolved.append(part)
+                continue
+            links += 1
+            if links > MAX_LINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", host_path)
+            if target.startswith("/"):
+                resolved = []
+            parts[:0] = [p for p in target.split("/") if p and p != "."]
+        return self.root.joinpath(*resolved)
 
     def read_text(self, host_path: str) -> str | None:
         try:

@@ -1,4 +1,4 @@
-"""The controller client (contract §2): register, poll the assignment, upload diagnostics.
+"""The controller client: register, poll the assignment, upload diagnostics.
 
 This is the only module that imports httpx; its errors are translated here, once, into
 `ControllerError` carrying a status ``last_error`` code. Registration retries forever: 429,
@@ -6,25 +6,25 @@ This is the only module that imports httpx; its errors are translated here, once
 ``Retry-After``); refusals (400, 401/403, 409, a rejected client certificate) slowly, near
 the cap, since only an operator can fix them. The registration token file is re-read on
 every try and the TLS files are reloaded when they change, so rotated secrets need no
-restart (contract §9). The host token is kept in ``state_dir/host_token`` (0600). Secrets
+restart. The host token is kept in ``state_dir/host_token`` (0600). Secrets
 never reach a log line or an error message: every message leaving here is scrubbed of the
 registration token and the host token. What a status means, how long to wait and what of
-a reply may be shown are decided, purely, in `agent.core.controller_policy`.
+a reply may be shown are decided, purely, in `agent.core.controller_policy`; what a reply
+body may grow to in `replybody`; TLS alerts and rotations in `controller_tls`; what the
+client returns and raises is in `controller_types`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -42,6 +42,15 @@ from agent.core.controller_policy import (
     slow_delay,
     status_verdict,
 )
+from agent.link.controller_tls import file_stamp, find_ssl_error, probe_client_cert
+from agent.link.controller_types import (
+    AssignmentFetch,
+    ControllerError,
+    Log,
+    Reauth,
+    Registration,
+)
+from agent.link.replybody import BadEncoding, BoundedBody, ReplyTooLarge
 from agent.link.tls import client_context
 from agent.state.atomic import write_bytes
 
@@ -58,51 +67,6 @@ UPLOAD_ATTEMPTS = 3
 # `refuses_client_cert`) or, as often, is lost in a connection reset: then
 # `_probe_client_cert` asks again.
 _DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, ConnectionError)
-
-
-class Log(Protocol):
-    """The structured logger this module needs (a structlog BoundLogger fits)."""
-
-    def info(self, event: str, /, **kw: Any) -> Any: ...
-    def warning(self, event: str, /, **kw: Any) -> Any: ...
-
-
-class ControllerError(Exception):
-    """A failed exchange with the controller, carrying the status ``last_error.code``.
-
-    `slow`: wait near the backoff cap, since only an operator can fix it. `retry_after`: the
-    server's ``Retry-After`` in seconds, when it sent one.
-    """
-
-    def __init__(
-        self, code: str, message: str, *, slow: bool = False, retry_after: float | None = None
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code, self.message, self.slow, self.retry_after = code, message, slow, retry_after
-
-
-class Reauth(ControllerError):
-    """The host token was refused (401) or is missing: register again, then retry."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("registration_refused", message)
-
-
-@dataclass(frozen=True)
-class Registration:
-    uid: str
-    host_token: str
-    assignment: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class AssignmentFetch:
-    """One poll's outcome; `registration` is set when the poll had to register again."""
-
-    status: Literal["changed", "unchanged", "none"]
-    body: dict[str, Any] | None
-    etag: str | None
-    registration: Registration | None = None
 
 
 class _Reply(NamedTuple):
@@ -177,9 +141,10 @@ class ControllerClient:
         while True:
             try:
                 reg, bad_assignment = await self._register_once(body)
-            except ControllerError as e:
-                self._failed(e, "controller.register_failed")
-                await self._sleep(self._delay(e))
+            except Exception as exc:  # noqa: BLE001 - see _odd: a reply must not end the agent
+                err = exc if isinstance(exc, ControllerError) else self._odd(exc, REGISTER_PATH)
+                self._failed(err, "controller.register_failed")
+                await self._sleep(self._delay(err))
                 continue
             self._backoff.reset()
             self._failing = False
@@ -237,6 +202,10 @@ class ControllerClient:
         except ControllerError as e:
             self._failed(e, "controller.assignment_failed")
             raise
+        except Exception as exc:  # see _odd: a reply must not end the agent
+            odd = self._odd(exc, "the assignment")
+            self._failed(odd, "controller.assignment_failed")
+            raise odd from exc
         self._succeeded()
         return result
 
@@ -337,46 +306,22 @@ class ControllerClient:
         kw["headers"] = {"Authorization": f"Bearer {token}", **kw.get("headers", {})}
         try:
             async with asyncio.timeout(deadline), http.stream(method, path, **kw) as reply:
-                body = b""
-                async for chunk in reply.aiter_bytes():
-                    body += chunk
-                    # A few KiB are expected; never buffer a broken controller's endless stream.
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        raise ControllerError("controller_unreachable", f"{path}: reply too large")
+                # A few KiB are expected; never buffer a broken controller's endless stream,
+                # nor let a compressed one inflate past the limit (see agent.link.replybody).
+                collected = BoundedBody(reply.headers.get("Content-Encoding"), MAX_RESPONSE_BYTES)
+                async for chunk in reply.aiter_raw():
+                    collected.feed(chunk)
+                body = collected.finish()
+        except (ReplyTooLarge, BadEncoding) as e:
+            raise ControllerError("controller_unreachable", f"{method} {path}: {e}") from None
         # ssl.SSLError (raw, when our client certificate is refused) and asyncio.timeout's
         # TimeoutError are both OSErrors.
         except (httpx.HTTPError, OSError) as e:
-            tls = _find_ssl_error(e)
+            tls = find_ssl_error(e)
             if tls is None and self._tls is not None and isinstance(e, _DROPPED):
-                tls = await self._probe_client_cert(self._tls)
+                tls = await probe_client_cert(self._cfg.url, self._cfg.timeout_s, self._tls)
             raise self._transport_error(e, tls, f"{method} {self._cfg.url}{path}", deadline) from e
         return _Reply(reply.status_code, reply.headers, body)
-
-    async def _probe_client_cert(self, context: ssl.SSLContext) -> ssl.SSLError | None:
-        """Ask on a quiet connection whether the server refuses our client certificate.
-
-        A TLS 1.3 server judges the client certificate after the client has finished its
-        handshake and sent the request; closing on unread data resets the connection, and
-        the alert saying why is often lost (60% of the time here). On a connection that
-        sends nothing the alert arrives intact, while a server that accepts us just waits.
-        """
-        url = httpx.URL(self._cfg.url)
-        try:
-            async with asyncio.timeout(min(2.0, self._cfg.timeout_s)):
-                reader, writer = await asyncio.open_connection(
-                    url.host, url.port or 443, ssl=context
-                )
-                try:
-                    await reader.read(1)
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-        except ssl.SSLError as e:
-            return e
-        except OSError:  # TimeoutError too: the server kept the connection, so not refused
-            return None
-        return None
 
     def _transport_error(
         self, exc: BaseException, tls: ssl.SSLError | None, where: str, deadline: float
@@ -407,6 +352,14 @@ class ControllerClient:
             retry_after = parse_retry_after(reply.headers.get("Retry-After"), time.time())
         return ControllerError(verdict.code, msg, slow=verdict.slow, retry_after=retry_after)
 
+    def _odd(self, exc: Exception, what: str) -> ControllerError:
+        """A failure nobody foresaw while handling a reply (a parser's RecursionError once):
+        whatever the controller, or anyone on an http:// path, sends costs at most this
+        error and a retry, never the agent (which systemd would restart into a crash loop)."""
+        self._log.warning("controller.reply_unhandled", error=repr(exc), exc_info=exc)
+        msg = f"cannot handle the controller's reply for {what}: {type(exc).__name__}: {exc}"
+        return ControllerError("controller_unreachable", self._scrub(msg[:300]))
+
     def _delay(self, e: ControllerError) -> float:
         if e.slow:
             return slow_delay(self._cfg.max_backoff_s, e.retry_after, self._rng)
@@ -434,7 +387,7 @@ class ControllerClient:
         """The one AsyncClient, rebuilt only when a TLS file changed (a rotated cert)."""
         cfg = self._cfg
         files = [] if self.insecure else [cfg.ca_file, cfg.client_cert_file, cfg.client_key_file]
-        stamp = [_stamp(f) for f in files if f is not None]
+        stamp = [file_stamp(f) for f in files if f is not None]
         if self._http is not None and stamp == self._tls_stamp:
             return self._http
         verify = self._tls = self._ssl_context()
@@ -446,7 +399,8 @@ class ControllerClient:
             base_url=cfg.url,
             verify=verify or False,
             timeout=httpx.Timeout(cfg.timeout_s),
-            headers={"User-Agent": f"edge-agent/{__version__}"},
+            # identity: a compressed body's size is only known once inflated (replybody.py).
+            headers={"User-Agent": f"edge-agent/{__version__}", "Accept-Encoding": "identity"},
             follow_redirects=False,
         )
         self._tls_stamp = stamp
@@ -474,20 +428,3 @@ class ControllerClient:
         if token:
             self._secrets.add(token)
         return token or None
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    try:
-        st = path.stat()
-    except OSError:
-        return (0, 0, 0)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _find_ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
-    """The ssl.SSLError behind an httpx/httpcore error, following the cause chain."""
-    for _ in range(10):  # chains are short; the bound guards against a cycle
-        if exc is None or isinstance(exc, ssl.SSLError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None

@@ -5,16 +5,19 @@ soon after its CONNACK or taken over with reason 0x8E, a long calm one) into the
 ``last_error`` condition: `broker_unreachable` or `broker_refused` while not connected, and
 `uid_conflict` (another client keeps taking our session) over both; it says when the
 condition changed, which is all the link reports. `SessionCounter` keeps the availability
-`session` number in ``state_dir/mqtt-session.json`` across restarts, and the availability
-helpers build and read the retained `online`/`offline` payloads. No aiomqtt here: the link
+`session` number in ``state_dir/mqtt-session.json`` across restarts, `availability` builds
+the retained `online`/`offline` payloads and `AvailabilityGuard` reads what arrives on that
+topic and paces the `online` it calls for. No aiomqtt here: the link
 (`agent.link.mqtt`) reads the broker's reason codes and passes in the clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from agent.core.timefmt import iso
 from agent.link.messages import encode
@@ -24,6 +27,7 @@ SESSION_FILE = "mqtt-session.json"
 QUICK_DROP_S = 10.0  # a connection lost this soon after CONNACK counts toward uid_conflict
 QUICK_DROPS = 3
 QUICK_DROP_WINDOW_S = 300.0
+ONLINE_GAP_S = 1.0  # at most one corrective `online` a second (contract, section 3)
 
 
 class LinkCondition:
@@ -114,6 +118,16 @@ class SessionCounter:
     def save(self) -> None:
         write_json(self.path, {"schema": 1, "session": self.value})
 
+    async def advance_and_save(self, log: Any) -> int:
+        """Raise the counter before a connect and save it off the loop; a failed save is
+        logged, not fatal (the next connect saves a higher number anyway)."""
+        self.advance()
+        try:
+            await asyncio.to_thread(self.save)
+        except OSError as exc:
+            log.warning("mqtt.session_not_saved", error=str(exc))
+        return self.value
+
     def _load(self) -> int:
         try:
             session = json.loads(self.path.read_bytes())["session"]
@@ -127,16 +141,44 @@ def availability(state: str, session: int, now: float) -> bytes:
     return encode({"state": state, "session": session, "ts": iso(now)})
 
 
-def stale_offline(payload: bytes, session: int) -> int | None:
-    """The session of an `offline` availability from before `session`, else None.
+class AvailabilityGuard:
+    """Decides what a message on our own availability topic calls for (contract: section 3).
 
-    A late will of an earlier connection (retained or not) would mark us offline.
+    `seen(payload, session)` answers True when `online` must be published again: anything
+    but our own current `online` (a late will of an earlier connection, retained or not,
+    someone else's message, an emptied retained topic) calls for it, while a payload that is
+    not JSON is ignored and logged once per link. `due(now)` paces the answers: at most one
+    `online` per `ONLINE_GAP_S`, so two clients fighting over one UID cannot turn the topic
+    into a storm; it returns 0 when one may go now, else how long to wait.
     """
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or doc.get("state") != "offline":
-        return None
-    stale = doc.get("session")
-    return stale if type(stale) is int and stale < session else None
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._garbage_logged = False
+        self._last_online: float | None = None
+
+    def seen(self, payload: bytes, session: int) -> bool:
+        if not payload:
+            return True  # a retained `online` deleted: say it again
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError):
+            if not self._garbage_logged:
+                self._garbage_logged = True
+                self._log.warning("mqtt.availability_garbage", bytes=len(payload))
+            return False
+        own = (
+            isinstance(doc, dict)
+            and doc.get("state") == "online"
+            and type(doc.get("session")) is int
+            and doc["session"] == session
+        )
+        return not own
+
+    def due(self, now: float) -> float:
+        if self._last_online is None:
+            return 0.0
+        return max(0.0, self._last_online + ONLINE_GAP_S - now)
+
+    def published(self, now: float) -> None:
+        self._last_online = now

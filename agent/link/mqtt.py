@@ -12,13 +12,17 @@ to the command ledger. Link trouble is reported through `on_link_error(code, mes
 only when the condition changes, with `(None, None)` once healthy again: `broker_unreachable`
 (a connect attempt failed, including TLS or password file problems), `broker_refused` (the
 broker's CONNACK refused us) and `uid_conflict` (another client keeps taking our session);
-`agent.link.linkstate` keeps that condition, the session counter and the availability payloads.
+`agent.link.linkstate` keeps that condition, the session counter and the availability rule;
+`linkreport` reports, `pump` drains the outbox, `intake` bounds what arrives. Oversized
+packets are refused before buffering under MQTT 5 only (maximum packet size): 3.1.1 cannot
+tell the broker, and paho reads a whole packet first (set the broker's `max_packet_size`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import random
 import socket
@@ -35,25 +39,24 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.core.backoff import Backoff
 from agent.core.config import MqttConfig
-from agent.core.timefmt import iso
+from agent.link.intake import CommandIntake
+from agent.link.linkreport import LinkReporter, OutboxSyncer, leaves
 from agent.link.linkstate import (
     QUICK_DROP_S,
-    LinkCondition,
+    AvailabilityGuard,
     SessionCounter,
     availability,
-    stale_offline,
 )
-from agent.link.messages import Kind, Outgoing, describe_drops, encode, is_queued
+from agent.link.messages import Kind, Outgoing, encode, is_queued
 from agent.link.outbox import Outbox
-from agent.link.tls import client_context
+from agent.link.pump import WINDOW, drain_outbox
+from agent.link.tls import broker_context
 
 SESSION_TAKEN_OVER = 0x8E
-WINDOW = 20  # QoS 1 publishes in flight: paho's default and Mosquitto's receive maximum
 CONNECT_TIMEOUT_S = 10.0  # at most; less with a short keepalive (see _client)
 STOP_TIMEOUT_S = 2.0
-SYNC_DELAY_S = 0.05  # outbox fsync batching window
-DROP_REPORT_S = 60.0  # at most one outbox_full event per minute while connected
 HEARTBEAT_S = 5.0
+INCOMING_BACKSTOP = 4096
 
 
 T = TypeVar("T")
@@ -66,12 +69,12 @@ class _Stopped(Exception):
 class MqttLink:
     """One agent's broker link; `run()` once, `stop()` to end it, then `close()`.
 
-    Callbacks: `on_command(payload)` is awaited in a task of its own per message (it should
-    hand off and return; one that raises is logged). `on_link_error(code, message)` is called
+    Callbacks: `on_command(payload)` is awaited by the bounded intake's workers
+    (`agent.link.intake`: what does not fit is dropped and counted; one that raises is logged). `on_link_error(code, message)` is called
     when the link's condition changes, `(None, None)` once connected and healthy. `heartbeat()`
     is called at least every 5 s while run()'s loops are alive (longer only inside a connect
     bounded by its timeout). `next_seq` and `now` number and stamp the events the link makes
-    itself (`outbox_full`).
+    itself (`outbox_full`, `commands_dropped`).
     """
 
     def __init__(
@@ -91,9 +94,7 @@ class MqttLink:
         session_expiry_s: int = 3600,
     ) -> None:
         self._cfg, self._uid, self._log, self._rng = cfg, uid, log, rng
-        self._on_command, self._next_seq, self._now = on_command, next_seq, now
-        self._heartbeat = heartbeat or (lambda: None)
-        self._on_link_error = on_link_error
+        self._now, self._heartbeat = now, heartbeat or (lambda: None)
         self._max_packet, self._expiry = max_packet_bytes, session_expiry_s
         self._root = f"{cfg.topic_prefix.rstrip('/')}/{uid}"
         self._t_avail, self._t_commands = f"{self._root}/availability", f"{self._root}/commands"
@@ -107,11 +108,20 @@ class MqttLink:
         self._wake, self._stop_event, self._done = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._health: Outgoing | None = None
         self._republish_online = False
-        self._handlers: set[asyncio.Task[None]] = set()
-        self._sync_handle: asyncio.TimerHandle | None = None
+        self._guard = AvailabilityGuard(log)
+        self._online_timer: asyncio.TimerHandle | None = None
+        self._syncer = OutboxSyncer(self._outbox)
         self._run_task: asyncio.Task[Any] | None = None
-        self._condition = LinkCondition(uid)
-        self._last_drop_report = -DROP_REPORT_S
+        self._reporter = LinkReporter(
+            uid,
+            log,
+            send_event=lambda event: self.send(Kind.EVENT, "events", event),
+            next_seq=next_seq,
+            now=now,
+            on_link_error=on_link_error,
+        )
+        dropped = functools.partial(self._reporter.error, "commands_dropped")
+        self._intake = CommandIntake(on_command, report=dropped, log=log)
         # aiomqtt notices a socket closed before CONNACK only by this timeout; a broker that
         # cannot answer within two keepalives is as dead as one missing pings. It also
         # bounds SUBACKs and the PUBACKs of `online` and health.
@@ -133,12 +143,12 @@ class MqttLink:
 
     @property
     def uid_conflict(self) -> bool:
-        return self._condition.conflict is not None
+        return self._reporter.condition.conflict is not None
 
     @property
     def last_error(self) -> tuple[str, str] | None:
         """The link's current trouble as `(code, message)`, None when healthy."""
-        return self._condition.error
+        return self._reporter.condition.error
 
     def send(self, kind: Kind, subtopic: str, payload: dict[str, Any]) -> None:
         """Publish `payload` as compact JSON: QoS 1 kinds are in the outbox when this returns;
@@ -151,7 +161,7 @@ class MqttLink:
                 self._wake.set()
             return
         self._outbox.put(msg)
-        self._schedule_sync(urgent=kind in (Kind.STATUS, Kind.REPLY))
+        self._syncer.schedule(urgent=kind in (Kind.STATUS, Kind.REPLY))
         self._wake.set()
 
     async def stop(self, publish_offline: bool = True) -> None:
@@ -176,8 +186,7 @@ class MqttLink:
 
     def close(self) -> None:
         """Release the outbox files; call once run() has returned."""
-        if self._sync_handle is not None:
-            self._sync_handle.cancel()
+        self._syncer.cancel()
         self._outbox.close()
 
     async def run(self) -> None:
@@ -186,6 +195,7 @@ class MqttLink:
             raise RuntimeError("MqttLink.run() is already running")
         self._running, self._run_task = True, asyncio.current_task()
         self._done.clear()
+        self._intake.start()
         backoff = Backoff(1.0, self._cfg.max_backoff_s, self._rng)
         loop = asyncio.get_running_loop()
         try:
@@ -208,10 +218,7 @@ class MqttLink:
                     self._heartbeat()
         finally:
             self._running = self._connected = False
-            for task in self._handlers:
-                task.cancel()
-            if self._handlers:
-                await asyncio.wait(self._handlers, timeout=1.0)
+            await self._intake.stop()
             self._outbox.sync()
             self._done.set()
 
@@ -223,7 +230,9 @@ class MqttLink:
         try:
             client = await self._client()
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self._failed("broker_unreachable", f"mqtt setup failed: {exc}")
+            self._reporter.failed(
+                "broker_unreachable", f"mqtt setup failed: {exc}", connected=False
+            )
             return None
         connected_at: float | None = None
         try:
@@ -238,17 +247,19 @@ class MqttLink:
         except* _Stopped:
             pass
         except* aiomqtt.MqttError as group:
-            leaves = _leaves(group)
+            errors = leaves(group)
             if connected_at is None:
-                code = "broker_refused" if isinstance(leaves[0], MqttConnectError) else None
+                code = "broker_refused" if isinstance(errors[0], MqttConnectError) else None
                 where = f"{self._cfg.host}:{self._cfg.port}"
-                self._failed(
-                    code or "broker_unreachable", f"cannot connect to {where}: {leaves[0]}"
+                self._reporter.failed(
+                    code or "broker_unreachable",
+                    f"cannot connect to {where}: {errors[0]}",
+                    connected=False,
                 )
             elif not self._stopping:
-                self._lost(leaves, loop.time() - connected_at)
+                self._lost(errors, loop.time() - connected_at)
         except* Exception as group:  # noqa: BLE001 - a bug must cost a reconnect, not the agent
-            leaf = _leaves(group)[0]
+            leaf = leaves(group)[0]
             self._log.error("mqtt.attempt_failed", error=repr(leaf), exc_info=leaf)
         finally:
             self._connected = False
@@ -263,16 +274,11 @@ class MqttLink:
     async def _client(self) -> aiomqtt.Client:
         cfg = self._cfg
         if cfg.tls and self._tls is None:
-            # load_cert_chain reads files: ~25 ms off the loop, once per link.
-            self._tls = await asyncio.to_thread(_tls_context, cfg)
+            self._tls = await broker_context(cfg.ca_file, cfg.client_cert_file, cfg.client_key_file)
         password = None
         if cfg.password_file is not None:
             password = (await asyncio.to_thread(cfg.password_file.read_text)).strip()
-        self._sessions.advance()
-        try:
-            await asyncio.to_thread(self._sessions.save)
-        except OSError as exc:
-            self._log.warning("mqtt.session_not_saved", error=str(exc))
+        await self._sessions.advance_and_save(self._log)
         will = aiomqtt.Will(self._t_avail, self._availability("offline"), qos=1, retain=True)
         common: dict[str, Any] = {
             "identifier": self._uid,
@@ -286,6 +292,9 @@ class MqttLink:
             # unacknowledged one then waits for the broker's 40 ms delayed ACK (measured:
             # 88 ms per command round trip instead of 2 ms, benchmarks/roundtrip.py).
             "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            # A backstop: the read loop empties aiomqtt's queue into the bounded intake; only
+            # a persistent session's backlog waits here, for the SUBACK (aiomqtt drops beyond).
+            "max_queued_incoming_messages": INCOMING_BACKSTOP,
         }
         if cfg.protocol == "3.1.1":
             v311 = aiomqtt.ProtocolVersion.V311
@@ -314,10 +323,8 @@ class MqttLink:
         if any(isinstance(g, ReasonCode) and g.is_failure for g in granted):
             self._log.error("mqtt.subscribe_refused", reasons=[str(g) for g in granted])
         self._connected = True
-        self._condition.connected()
-        self._last_drop_report = -DROP_REPORT_S
+        self._reporter.connected()
         self._log.info("mqtt.connected", session=self.session, pending=len(self._outbox))
-        self._report()
         loop = asyncio.get_running_loop()
         # A conflicting client kicks us within its own backoff (<= max_backoff_s): a
         # connection that outlives twice that clears the conflict.
@@ -332,57 +339,35 @@ class MqttLink:
 
     async def _read(self, client: aiomqtt.Client) -> None:
         # The only task always waiting on the connection: it is how a lost one is noticed.
+        # It never waits on a command: each goes to the bounded intake or is dropped there.
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             if message.topic.value == self._t_commands:
-                task = asyncio.create_task(self._handle(payload))
-                self._handlers.add(task)
-                task.add_done_callback(self._handlers.discard)
-            elif message.topic.value == self._t_avail:
-                self._check_availability(payload)
+                self._intake.offer(payload)
+            elif message.topic.value == self._t_avail and self._guard.seen(payload, self.session):
+                self._republish_online = True
+                self._wake.set()
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        window, cursor = asyncio.Semaphore(WINDOW), 0
-        publish_timeout = max(30.0, 3.0 * self._cfg.keepalive_s)
-        async with asyncio.TaskGroup() as tg:
-            while True:
-                if self._republish_online and not self._stopping:
-                    self._republish_online = False
-                    payload = self._availability("online")
-                    call = client.publish(self._t_avail, payload, 1, True, timeout=math.inf)
-                    await _acked(call, self._call_timeout)
-                if self._health is not None:
-                    health, self._health = self._health, None
-                    qos = self._cfg.health_qos
-                    topic = self._root + "/" + health.subtopic
-                    call = client.publish(topic, health.payload, qos, timeout=math.inf)
-                    await _acked(call, self._call_timeout)
-                self._report_drops()
-                batch = self._outbox.peek(2 * WINDOW, after=cursor)
-                if not batch:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                for msg in batch:
-                    await window.acquire()
-                    cursor = msg.id
-                    if not self._outbox.is_pending(msg.id):  # dropped meanwhile
-                        window.release()
-                        continue
-                    # Tasks start in creation order, so paho sends in outbox order.
-                    tg.create_task(self._deliver(client, msg, window, publish_timeout))
+        timeout = max(30.0, 3.0 * self._cfg.keepalive_s)
 
-    async def _deliver(
-        self, client: aiomqtt.Client, msg: Outgoing, window: asyncio.Semaphore, timeout: float
-    ) -> None:
-        try:
+        async def publish(msg: Outgoing) -> None:
             topic = f"{self._root}/{msg.subtopic}"
             await _acked(
                 client.publish(topic, msg.payload, 1, msg.retain, timeout=math.inf), timeout
             )
-        finally:
-            window.release()
-        self._outbox.ack(msg.id)
+
+        async def before() -> None:
+            if self._republish_online and not self._stopping:
+                await self._say_online(client)
+            if self._health is not None:
+                health, self._health = self._health, None
+                topic = self._root + "/" + health.subtopic
+                call = client.publish(topic, health.payload, self._cfg.health_qos, timeout=math.inf)
+                await _acked(call, self._call_timeout)
+            self._reporter.outbox_drops(self._outbox, asyncio.get_running_loop().time())
+
+        await drain_outbox(self._outbox, publish, before=before, wake=self._wake)
 
     async def _watch_stop(self, client: aiomqtt.Client) -> None:
         # Also the connection's heartbeat: the drain may wait long on PUBACKs of a slow
@@ -401,58 +386,23 @@ class MqttLink:
                 self._log.warning("mqtt.offline_not_acknowledged", error=str(exc))
         raise _Stopped
 
-    async def _handle(self, payload: bytes) -> None:
-        try:
-            await self._on_command(payload)
-        except Exception as exc:  # noqa: BLE001 - the handler's failure must not end the link
-            self._log.error("mqtt.command_handler_failed", error=repr(exc))
-
-    def _check_availability(self, payload: bytes) -> None:
-        stale = stale_offline(payload, self.session)
-        if stale is not None and not self._stopping:
-            self._log.info("mqtt.self_heal", stale_session=stale, session=self.session)
-            self._republish_online = True
-            self._wake.set()
-
-    # -- bookkeeping -----------------------------------------------------------------------
+    async def _say_online(self, client: aiomqtt.Client) -> None:
+        """Answer what the availability guard flagged with `online`, at its pace."""
+        loop = asyncio.get_running_loop()
+        if (wait := self._guard.due(loop.time())) > 0:
+            if self._online_timer is None or self._online_timer.when() <= loop.time():
+                self._online_timer = loop.call_later(wait, self._wake.set)
+            return
+        self._republish_online = False
+        self._log.info("mqtt.self_heal", session=self.session)
+        self._guard.published(loop.time())
+        call = client.publish(
+            self._t_avail, self._availability("online"), 1, True, timeout=math.inf
+        )
+        await _acked(call, self._call_timeout)
 
     def _availability(self, state: str) -> bytes:
         return availability(state, self.session, self._now())
-
-    def _schedule_sync(self, *, urgent: bool) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._outbox.sync()
-            return
-        if urgent or self._sync_handle is None:
-            if self._sync_handle is not None:
-                self._sync_handle.cancel()
-            self._sync_handle = loop.call_later(0 if urgent else SYNC_DELAY_S, self._sync, loop)
-
-    def _sync(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._sync_handle = None
-        job = self._outbox.begin_sync()
-        if job is not None:
-            loop.run_in_executor(None, job)  # fdatasync off the loop, on the shared pool
-
-    def _report_drops(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._last_drop_report < DROP_REPORT_S:
-            return
-        drops = self._outbox.take_drops()
-        if not drops:
-            return
-        self._last_drop_report = now
-        self._log.warning("outbox.full", dropped={str(k): n for k, n in drops.items()})
-        event = {"uid": self._uid, "ts": iso(self._now()), "seq": self._next_seq()}
-        event |= {"type": "error", "code": "outbox_full", "message": describe_drops(drops)}
-        self.send(Kind.EVENT, "events", event)
-
-    def _failed(self, code: str, message: str) -> None:
-        self._log.warning("mqtt.connect_failed", code=code, error=message)
-        self._condition.connect_failed(code, message)
-        self._report()
 
     def _lost(self, errors: list[BaseException], lasted: float) -> None:
         # aiomqtt raises "Disconnected during message iteration" from the paho disconnect
@@ -464,23 +414,12 @@ class MqttLink:
             isinstance(rc, ReasonCode) and rc.value == SESSION_TAKEN_OVER for rc in codes
         )
         now = asyncio.get_running_loop().time()
-        self._condition.lost(taken_over=taken_over, lasted=lasted, now=now)
-        self._report()
+        self._reporter.lost(
+            taken_over=taken_over, lasted=lasted, now=now, connected=self._connected
+        )
 
     def _calm(self) -> None:
-        if self._condition.calm() and self._connected:
-            self._log.info("mqtt.uid_conflict_cleared")
-        self._report()
-
-    def _report(self) -> None:
-        # Only a change of condition is news; the message may vary per attempt.
-        if not self._condition.assess(connected=self._connected):
-            return
-        code, message = self._condition.error or (None, None)
-        if code == "uid_conflict":
-            self._log.error("mqtt.uid_conflict", message=message)
-        if self._on_link_error is not None:
-            self._on_link_error(code, message)
+        self._reporter.calm(connected=self._connected)
 
 
 async def _acked(call: Awaitable[T], timeout: float) -> T:
@@ -497,18 +436,6 @@ async def _acked(call: Awaitable[T], timeout: float) -> T:
             return await call
     except TimeoutError:
         raise aiomqtt.MqttError("Operation timed out") from None
-
-
-def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    return client_context(cfg.ca_file, cfg.client_cert_file, cfg.client_key_file)
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The exceptions in a (nested) group, depth first: TaskGroups nest theirs."""
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
 
 
 def _abort(client: aiomqtt.Client) -> None:

@@ -139,7 +139,11 @@ def rewrite(directory: Path, data: bytes) -> int | None:
     tmp = directory / (LOG_FILE + ".tmp")
     fd = -1
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        # One writer per state_dir: whatever sits at the temp name is a crash's leftover
+        # (or planted); unlink does not follow a link, O_EXCL|O_NOFOLLOW never write through one.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         pwrite_all(fd, data, 0)
         os.fsync(fd)
         os.replace(tmp, directory / LOG_FILE)

@@ -9,14 +9,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    # One name per process and thread, so two writers never share a temp file. O_EXCL and
+    # O_NOFOLLOW: whatever already sits at that name (a link planted there, a file with
+    # other owners or modes) is never written through. Only a crash of an earlier process
+    # with the same pid leaves one: it is removed (unlink does not follow a link) and the
+    # create is tried once more.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        fd = os.open(tmp, _CREATE, mode)
+    except FileExistsError:
+        tmp.unlink()
+        fd = os.open(tmp, _CREATE, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

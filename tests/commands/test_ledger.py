@@ -7,12 +7,14 @@ the same file with a wall clock a day earlier.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from agent.commands.ledger import (
     LedgerError,
     LedgerFull,
     UnknownCommandId,
+    prune_periodically,
 )
 from agent.commands.signature import load_public_key
 from agent.core.envelope import CommandEnvelope, Rejection, validate_envelope
@@ -566,3 +569,62 @@ def test_a_burst_of_1000_commands(path: Path, tmp_path: Path) -> None:
     assert len(again) == 1000
     again.close()
     assert os.path.getsize(path) < 1_000_000
+
+
+# -- periodic trim -------------------------------------------------------------------------
+
+
+async def test_the_periodic_loop_forgets_expired_entries_and_shrinks_the_journal(
+    path: Path,
+) -> None:
+    clock = HandClock()
+    ledger = open_ledger(path, clock, max_skew_s=300)
+    for i in range(50):
+        cid = f"c{i:03d}"
+        ledger.record_start(command(cid, expires=T0 + 60))
+        ledger.record_final(cid, reply(cid, result={"checks": ["x" * 200] * 10}))
+    ledger.record_start(command("live", expires=T0 + 3600))
+    grown = path.stat().st_size
+    beats: list[float] = []
+
+    async def one_step(_s: float) -> None:
+        clock.t = T0 + 60 + 301  # the expired entries are now past their margin
+        if beats.count(0.0) >= 2:
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await prune_periodically(ledger, 60.0, heartbeat=lambda: beats.append(0.0), sleep=one_step)
+    assert len(ledger) == 1 and ledger.lookup("live") is not None
+    assert path.stat().st_size < grown / 10, "the journal was not rewritten"
+    assert beats, "the loop stamps its heartbeat"
+    ledger.close()
+    again = open_ledger(path, clock)
+    assert len(again) == 1
+    again.close()
+
+
+def test_replies_are_kept_compact_and_bounded_by_size(path: Path) -> None:
+    clock = HandClock()
+    ledger = open_ledger(path, clock, max_reply_bytes=2 * 1024 * 1024)
+    checks = [
+        {"id": f"check.{i}", "status": "pass", "details": {"x": "y" * 100}} for i in range(100)
+    ]
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(1000):
+        cid = f"rc{i:05d}"
+        ledger.record_start(command(cid, expires=T0 + 3600, name="run-checks"))
+        ledger.record_final(cid, reply(cid, result={"checks": checks}))
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    # 1,000 replies of ~16 KB each: 16 MB as text, several times that as parsed objects.
+    assert ledger.reply_bytes <= 2 * 1024 * 1024
+    assert held < 6 * 1024 * 1024, f"the ledger holds {held} bytes"
+    oldest, newest = got(ledger, "rc00000"), got(ledger, "rc00999")
+    assert oldest.state == "succeeded" and oldest.reply is not None
+    assert oldest.reply["result"] is None  # slimmed, not forgotten: still no replay
+    assert newest.reply is not None and newest.reply["result"] == {"checks": checks}
+    ledger.close()
+    again = open_ledger(path, clock, max_reply_bytes=2 * 1024 * 1024)
+    assert again.reply_bytes <= 2 * 1024 * 1024 and len(again) == 1000
+    again.close()
