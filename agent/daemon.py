@@ -38,6 +38,7 @@ from agent.host.metrics import HealthSampler, host_addresses
 from agent.host.notify import Heartbeats, Notifier, watchdog_interval, watchdog_loop
 from agent.logs import LevelHolder, make_logger
 from agent.state.atomic import write_json
+from agent.state.pidfile import remove_pid_file, write_pid_file
 from agent.state.store import RECOVER_FROM_HOST, HostFacts, StateStore, recovered_state
 from agent.status import build_status
 from agent.work import AgentWork
@@ -243,6 +244,13 @@ class Agent(AgentWork):
         self.last_status_at = time.monotonic()
         self.notifier.status(str(self.driver.state.phase))
 
+    def write_pid_file(self) -> None:
+        """For `edge-agent status`: this daemon runs (removed again at a clean stop)."""
+        try:
+            write_pid_file(self.config.state_dir, self.wall() - (time.monotonic() - self.started))
+        except OSError as e:
+            self.storage_failed("cannot write the pid file", e)
+
     # ---- a state disk that cannot be written ---------------------------------------------
     def storage_failed(self, what: str, e: OSError) -> bool:
         """Note a failed write to ``state_dir``; True when this is news for the status.
@@ -296,6 +304,7 @@ class Agent(AgentWork):
             # host's state was damaged, not only whoever reads the journal.
             self.emit("error", {"code": "state_corrupt", "message": problem})
         self.publish_status()
+        self.write_pid_file()
         self.notifier.ready(status=str(self.driver.state.phase))
         self.log.info(
             "agent.started",
@@ -397,6 +406,8 @@ class Agent(AgentWork):
             self.log.warning("clock.not_saved", error=str(e))
         self.ledger.close()
         self.persist(self.driver.state)
+        with contextlib.suppress(OSError):
+            remove_pid_file(self.config.state_dir)
         self.notifier.close()
         self.log.info("agent.stopped")
 
