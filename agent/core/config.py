@@ -163,6 +163,19 @@ class ProgramsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics, off unless ``listen`` ("host:port") or ``textfile`` is set."""
+
+    listen: str | None = None
+    textfile: Path | None = None
+    interval_s: float = 15.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None or self.textfile is not None
+
+
+@dataclass(frozen=True)
 class Config:
     host: HostConfig = field(default_factory=HostConfig)
     state_dir: Path = Path("/var/lib/edge-agent")
@@ -179,6 +192,7 @@ class Config:
     join: JoinConfig = field(default_factory=JoinConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     programs: ProgramsConfig = field(default_factory=ProgramsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: Path | None = None
 
     def redacted(self) -> dict[str, Any]:
@@ -391,6 +405,7 @@ def parse_config(
         join=_join(top.sub("join")),
         health=_health(top.sub("health")),
         programs=_programs(top.sub("programs")),
+        metrics=_done(top.sub("metrics"), _metrics),
         source=source,
     )
     for name in ("controller", "mqtt"):
@@ -407,6 +422,19 @@ def parse_config(
             "commands.public_key_file", "is required when mqtt is set (commands must be signed)"
         )
     return cfg
+
+
+def _metrics(s: _Section) -> MetricsConfig:
+    listen = s.string("listen")
+    if listen is not None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(s.key("listen"), f'must be "host:port", got {listen!r}')
+    return MetricsConfig(
+        listen=listen,
+        textfile=s.path_value("textfile", Path()) if s.has("textfile") else None,
+        interval_s=s.number("interval_s", 15.0, positive=True),
+    )
 
 
 def _done(sec: _Section, fn: Callable[[_Section], Any]) -> Any:
