@@ -84,6 +84,7 @@ class Agent(AgentWork):
         # lines (a damaged state file) are logged before the links exist.
         self.link: Any = None
         self.controller: Any = None
+        self.metrics: Any = None  # agent.exporter.MetricsExporter, when metrics are enabled
         self.host = HostRoot(config.host.root)
         self.store = StateStore(config.state_dir)
         self.store.ensure_dir()
@@ -206,6 +207,8 @@ class Agent(AgentWork):
 
     def emit(self, type_: str, fields: dict[str, Any]) -> None:
         payload = {**self.base(), "type": type_, **fields}
+        if self.metrics is not None:
+            self.metrics.tally.observe_event(payload, time.monotonic())
         if type_ in ("error", "registration", "assignment"):
             self.log.info("event", **{k: v for k, v in payload.items() if k not in ("uid", "ts")})
         if self.link is not None:
@@ -216,6 +219,8 @@ class Agent(AgentWork):
 
     def send_reply(self, reply: dict[str, Any]) -> None:
         payload = {**reply, "ts": iso(self.now()), "seq": self.seq()}
+        if self.metrics is not None:
+            self.metrics.tally.observe_reply(payload)
         if self.link is not None:
             from agent.link.messages import Kind
 
@@ -250,6 +255,31 @@ class Agent(AgentWork):
             write_pid_file(self.config.state_dir, self.wall() - (time.monotonic() - self.started))
         except OSError as e:
             self.storage_failed("cannot write the pid file", e)
+
+    def metrics_snapshot(self) -> Any:
+        """What the metrics exporter shows of this agent now (taken on the event loop)."""
+        from agent.exporter import LinkFigures, MetricsSnapshot
+
+        st, link = self.driver.state, self.link
+        figures = None
+        if link is not None:
+            box = link.outbox
+            figures = LinkFigures(
+                link.connected,
+                link.session,
+                len(box),
+                box.bytes_used,
+                {str(k): n for k, n in box.dropped_total.items()},
+            )
+        return MetricsSnapshot(
+            uid=self.uid,
+            version=__version__,
+            phase=str(st.phase),
+            phase_since=st.phase_since,
+            now=self.now(),
+            checks=tuple((str(c.get("id")), str(c.get("status"))) for c in self.last_checks),
+            link=figures,
+        )
 
     # ---- a state disk that cannot be written ---------------------------------------------
     def storage_failed(self, what: str, e: OSError) -> bool:
@@ -299,6 +329,10 @@ class Agent(AgentWork):
             self.link = self.make_link()
         if cfg.controller is not None:
             self.controller = self.make_controller()
+        if cfg.metrics.enabled:
+            from agent.exporter import MetricsExporter
+
+            self.metrics = MetricsExporter(cfg.metrics, self.metrics_snapshot, log=self.log)
         for problem in self.problems:
             # Said once per start, as an event too: the controller must learn that this
             # host's state was damaged, not only whoever reads the journal.
@@ -353,6 +387,10 @@ class Agent(AgentWork):
                         ),
                         name="watchdog",
                     )
+                if self.metrics is not None:
+                    period = max(60.0, 3 * cfg.metrics.interval_s)
+                    beat = lambda: self.stamp("metrics")  # noqa: E731
+                    self._loop(tg, "metrics", self.metrics.run(beat), period)
                 tg.create_task(self._stopper(), name="stopper")
         except* _Stop:
             pass
@@ -405,6 +443,8 @@ class Agent(AgentWork):
             # keeps an earlier time, which the ledger's skew margin covers.
             self.log.warning("clock.not_saved", error=str(e))
         self.ledger.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.persist(self.driver.state)
         with contextlib.suppress(OSError):
             remove_pid_file(self.config.state_dir)
@@ -558,6 +598,8 @@ class Agent(AgentWork):
         self.driver.post(lc.Registered())
 
     def on_controller_error(self, code: str, message: str) -> None:
+        if self.metrics is not None:
+            self.metrics.tally.observe_controller_error(code)
         last = self.driver.state.last_error
         if last is None or last.code != code:
             self.emit(
