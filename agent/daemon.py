@@ -256,6 +256,20 @@ class Agent(AgentWork):
         except OSError as e:
             self.storage_failed("cannot write the pid file", e)
 
+    def make_metrics(self) -> Any:
+        try:
+            from agent.exporter import MetricsExporter
+        except ImportError as e:
+            # The agent runs on without metrics: they must never cost a host its join.
+            message = (
+                f"metrics are configured but prometheus-client is missing ({e}): "
+                "install edge-agent[metrics]"
+            )
+            self.log.error("metrics.unavailable", error=message)
+            self.emit("error", {"code": "metrics_unavailable", "message": message})
+            return None
+        return MetricsExporter(self.config.metrics, self.metrics_snapshot, log=self.log)
+
     def metrics_snapshot(self) -> Any:
         """What the metrics exporter shows of this agent now (taken on the event loop)."""
         from agent.exporter import LinkFigures, MetricsSnapshot
@@ -330,9 +344,7 @@ class Agent(AgentWork):
         if cfg.controller is not None:
             self.controller = self.make_controller()
         if cfg.metrics.enabled:
-            from agent.exporter import MetricsExporter
-
-            self.metrics = MetricsExporter(cfg.metrics, self.metrics_snapshot, log=self.log)
+            self.metrics = self.make_metrics()
         for problem in self.problems:
             # Said once per start, as an event too: the controller must learn that this
             # host's state was damaged, not only whoever reads the journal.

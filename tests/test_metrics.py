@@ -4,6 +4,10 @@ text it serves and writes), and an agent without metrics that never imports prom
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.core.config import MetricsConfig
 from agent.exporter import LinkFigures, MetricsExporter, MetricsSnapshot, Tally
 from agent.logs import LevelHolder, make_logger
-from tests.support import HostEnv, assignment
+from tests.support import ROOT, HostEnv, assignment
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -125,3 +129,33 @@ def test_without_metrics_prometheus_client_is_never_imported(tmp_path: Path) -> 
     assert on.stop() == 0
     assert "prometheus_client" in on.output()
     assert "edge_agent_phase" in (tmp_path / "on.prom").read_text()
+
+
+def test_metrics_without_prometheus_client_leave_the_agent_working(tmp_path: Path) -> None:
+    host = HostEnv(
+        tmp_path,
+        local_assignment=assignment(),
+        config={"metrics": {"textfile": str(tmp_path / "edge_agent.prom")}},
+    )
+    # A Python where prometheus-client cannot be imported, as on a host without the extra.
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None; from agent.cli import main; "
+        f"sys.exit(main(['run', '-c', {str(host.config_path)!r}]))"
+    )
+    with host.out_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            start_new_session=True,
+        )
+    try:
+        host.wait_phase("joined", 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    lines = [line for line in host.log_lines() if line.get("event") == "metrics.unavailable"]
+    assert lines and "install edge-agent[metrics]" in lines[0]["error"]
+    assert not (tmp_path / "edge_agent.prom").exists()
