@@ -172,7 +172,7 @@ def site_factory(tmp_path: Path) -> Iterator[SiteFactory]:
         # Mosquitto keeps at most 1,000 QoS 1 messages queued per client (its default) and
         # drops the rest, logging only "Outgoing messages are being dropped": a commander
         # that falls behind a flood of replies would lose some. A controller's subscriber
-        # needs a deeper queue in production too (README, "Running a broker").
+        # needs a deeper queue in production too (docs/broker.md).
         broker = Mosquitto(tmp / "broker", persistence=persistence, max_queued_messages=100_000)
         broker.directory.mkdir()
         broker.start()
