@@ -1,13 +1,12 @@
 """The application shell: `Agent` builds one host's agent from its parts and runs their loops.
 
 It loads the state, derives the UID, constructs each component with exactly what it needs
-(the outbound side, storage health, the lifecycle driver and its effects, the assignment
-source, the command dispatcher and operations, the broker link), tells systemd it is ready
-(before touching the network), then runs the named loops in one TaskGroup: the lifecycle, the
-broker link, the controller, health, periodic status and the watchdog. Each loop stamps a
-heartbeat; the watchdog pings systemd only while all are alive. SIGHUP goes to `reload`
-(agent/reload_config.py). Nothing here is module-level, so a thousand `Agent`s can share
-one process.
+(outbound side, storage health, lifecycle driver and effects, assignment source, command
+dispatcher and operations, broker link), tells systemd it is ready before touching the
+network, then runs the named loops in one TaskGroup: lifecycle, broker link, controller,
+health, status, ledger pruning, metrics (when enabled) and the watchdog, which pings systemd
+only while every loop stamps its heartbeat. SIGHUP goes to `reload` (agent/reload_config.py).
+Nothing here is module-level, so a thousand `Agent`s can share one process.
 """
 
 from __future__ import annotations
@@ -29,23 +28,27 @@ from agent.core import lifecycle as lc
 from agent.core.codes import BROKER_CODES, ErrorCode
 from agent.core.config import Config
 from agent.driver import LifecycleDriver
-from agent.effects import HealthMonitor, LifecycleEffects, service_states
+from agent.effects import HealthMonitor, LifecycleEffects, service_states, status_loop
 from agent.host.hostroot import HostRoot, derive_uid
 from agent.host.kubelet import kubelet_version
 from agent.host.metrics import HealthSampler
 from agent.host.notify import Heartbeats, Notifier, watchdog_interval, watchdog_loop
 from agent.logs import LevelHolder, make_logger
+from agent.metrics_feed import snapshot as metrics_snapshot
+from agent.metrics_feed import start_metrics
 from agent.operations import CommandOps
 from agent.outbound import Outbound
 from agent.reload_config import Reloader, command_key, lifecycle_policy
 from agent.secrets import Secrets
 from agent.state.clock import NeverBackwardsClock
+from agent.state.pidfile import remove_pid_file, write_pid_file
 from agent.state.record import Persister, Record
 from agent.state.storage import StorageHealth
 from agent.state.store import SeqCounter, StateStore
 from agent.status import build_status
 
 if TYPE_CHECKING:
+    from agent.exporter import MetricsExporter
     from agent.link.mqtt import MqttLink
 
 
@@ -76,6 +79,8 @@ class Agent:
     ) -> None:
         self.env = dict(os.environ if env is None else env)
         self.wall = wall
+        self._started = wall()
+        self.metrics: MetricsExporter | None = None
         rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.rng = rng
         host = HostRoot(config.host.root)
@@ -150,7 +155,11 @@ class Agent:
         )
         self.secrets.state = lambda: self.driver.state
         self.health = HealthMonitor(
-            config, sampler=HealthSampler(config.host.root), driver=self.driver, out=self.out
+            config,
+            sampler=HealthSampler(config.host.root),
+            driver=self.driver,
+            out=self.out,
+            log=log,
         )
         self.assignments = AssignmentSource(
             config,
@@ -288,7 +297,16 @@ class Agent:
             # Said once per start, as an event too: the controller must learn that this
             # host's state was damaged, not only whoever reads the journal.
             self.out.error(ErrorCode.STATE_CORRUPT, problem)
+        if cfg.metrics.enabled:
+            snap = lambda: metrics_snapshot(  # noqa: E731
+                self.uid, self.driver.state, self.wall(), self.record.checks, self.link
+            )
+            self.metrics = start_metrics(cfg, snap, self.out, self.assignments, self.log)
         self.out.publish_status()
+        try:
+            write_pid_file(cfg.state_dir, self._started)  # for `edge-agent status`
+        except OSError as e:
+            self.storage.failed("cannot write the pid file", e)
         self.notifier.ready(status=str(self.driver.state.phase))
         self._announce()
         orphan = await self.effects.runner.end_orphan()
@@ -339,7 +357,12 @@ class Agent:
                 tg, "controller", self.assignments.controller_loop(), _controller_max_age(cfg)
             )
         interval = cfg.mqtt.health_interval_s if cfg.mqtt else 30.0
-        self._loop(tg, "health", self._health_loop(interval), max(60.0, 3 * interval))
+        self._loop(
+            tg,
+            "health",
+            self.health.run(interval, lambda: self.stamp("health"), self.rng),
+            max(60.0, 3 * interval),
+        )
         # Expired command ids and their replies leave memory on a timer, not only at start.
         trim = prune_periodically(
             self.ledger, LEDGER_PRUNE_S, heartbeat=lambda: self.stamp("ledger")
@@ -347,7 +370,15 @@ class Agent:
         self._loop(tg, "ledger", trim, 2 * LEDGER_PRUNE_S + 60)
         if cfg.mqtt is not None:
             every = cfg.mqtt.status_interval_s
-            self._loop(tg, "status", self._status_loop(every), max(60.0, 3 * every))
+            self._loop(
+                tg,
+                "status",
+                status_loop(self.out, every, lambda: self.stamp("status")),
+                max(60.0, 3 * every),
+            )
+        if self.metrics is not None:
+            run = self.metrics.run(lambda: self.stamp("metrics"))
+            self._loop(tg, "metrics", run, max(60.0, 3 * cfg.metrics.interval_s))
         wd = watchdog_interval(self.env, os.getpid())
         if wd:
             tg.create_task(
@@ -404,32 +435,15 @@ class Agent:
             # keeps an earlier time, which the ledger's skew margin covers.
             self.log.warning("clock.not_saved", error=str(e))
         self.ledger.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self._persist(self.driver.state)
+        with contextlib.suppress(OSError):
+            remove_pid_file(self.config.state_dir)
         self.notifier.close()
         self.log.info("agent.stopped")
 
     # ---- periodic loops --------------------------------------------------------------------------
-    async def _status_loop(self, interval: float) -> None:
-        # Every change publishes a status (publish_status notes the time); this loop only
-        # fills the silences, so a quiet host sends one every `interval`, not more.
-        while True:
-            self.stamp("status")
-            due = self.out.last_status_at + interval - time.monotonic()
-            if due <= 0:
-                self.out.publish_status()
-                continue
-            await asyncio.sleep(min(due, 10.0))
-
-    async def _health_loop(self, interval: float) -> None:
-        while True:
-            self.stamp("health")
-            try:
-                await self.health.once()
-            except Exception as e:  # noqa: BLE001 - health must never stop the agent
-                self.log.warning("health.failed", error=str(e))
-            # ±10 %: agents started together (a site after a power cut) must not sample and
-            # publish in lockstep for ever.
-            await asyncio.sleep(interval * self.rng.uniform(0.9, 1.1))
 
 
 __all__ = ["Agent"]

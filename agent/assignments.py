@@ -64,6 +64,7 @@ class AssignmentSource:
         log: Log,
     ) -> None:
         self._config = config
+        self.on_error_seen: Callable[[str], None] | None = None  # the metrics tally's
         self._uid = uid
         self._host = host
         self._driver = driver
@@ -249,6 +250,8 @@ class AssignmentSource:
         self._driver.post(lc.Registered())
 
     def _on_controller_error(self, code: str, message: str) -> None:
+        if self.on_error_seen is not None:
+            self.on_error_seen(code)
         last = self._driver.state.last_error
         if last is None or last.code != code:
             self._out.emit(

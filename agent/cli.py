@@ -1,9 +1,10 @@
-"""``edge-agent``: the thin command line of contract §7.
+"""``edge-agent``: the thin command line.
 
-``run`` (the daemon), ``check``, ``status``, ``nodeconfig`` and ``version``. Exit codes: 0 ok;
-1 a check or the operation failed, or the config file does not exist yet (systemd keeps
-retrying: a Kairos stage may write it after boot); 2 usage; 78 a configuration error in a
-file that exists, naming the key path.
+``run`` (the daemon), ``check``, ``status``, ``nodeconfig`` and ``version``; bare
+``edge-agent`` prints the help. Exit codes: 0 ok; 1 a check or the operation failed, or the
+config file does not exist yet (systemd keeps retrying: a Kairos stage may write it after
+boot); 2 usage; 3 ``status`` found no running daemon (the LSB convention); 78 a configuration
+error in a file that exists, naming the key path.
 """
 
 from __future__ import annotations
@@ -26,21 +27,98 @@ EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 DEFAULT_CONFIG = "/etc/edge-agent/config.yaml"
 
 
+_DESCRIPTION = """\
+The edge agent turns this host into an Amazon EKS Hybrid Node under a central controller:
+it registers, receives an assignment, runs preflight checks, runs nodeadm install and init,
+and reports over MQTT. `run` is the daemon (systemd starts it); the other commands are for
+people at the host and read the same configuration."""
+
+_EXIT_CODES = """\
+exit codes: 0 success; 1 a check or the operation failed, or the config file does not exist;
+2 usage; 3 (status only) the daemon is not running; 78 a configuration error."""
+
+
+def _check_list() -> str:
+    from agent.checks.registry import CHECKS
+
+    width = max(len(c.id) for c in CHECKS)
+    rows = "\n".join(f"  {c.id:<{width}}  {c.title}" for c in CHECKS)
+    return (
+        "check ids (in the order they run):\n"
+        f"{rows}\n\n"
+        "Checks that need an assignment (the last persisted one, or assignment_file) are\n"
+        "skipped without one. Exit code 0 when nothing failed, else 1."
+    )
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help="the agent's YAML configuration file (default: %(default)s)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-agent", description="EKS Hybrid Nodes edge agent")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    chk = sub.add_parser("check", help="run the preflight checks locally")
-    chk.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    chk.add_argument("--json", action="store_true")
-    chk.add_argument("--only", nargs="+", metavar="ID", action="extend")
-    st = sub.add_parser("status", help="print the persisted status")
-    st.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    st.add_argument("--json", action="store_true")
-    nc = sub.add_parser("nodeconfig", help="print the NodeConfig rendered from the assignment")
-    nc.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    nc.add_argument("--show-secrets", action="store_true")
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="edge-agent", description=_DESCRIPTION, epilog=_EXIT_CODES, formatter_class=raw
+    )
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", title="commands")
+    run = sub.add_parser(
+        "run",
+        help="run the daemon (what systemd starts)",
+        description="Run the daemon in the foreground: SIGTERM stops it, SIGHUP reloads the "
+        "configuration.",
+    )
+    _config_option(run)
+    chk = sub.add_parser(
+        "check",
+        help="run the preflight checks locally, contacting neither controller nor broker",
+        description="Run the preflight checks on this host now. Nothing is changed: the\n"
+        "package index is not refreshed and no route is added.",
+        epilog=_check_list(),
+        formatter_class=raw,
+    )
+    _config_option(chk)
+    chk.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"checks": [...], "summary": {...}} instead of a table (default: a table)',
+    )
+    chk.add_argument(
+        "--only",
+        nargs="+",
+        metavar="ID",
+        action="extend",
+        help="run only these checks, repeatable (default: all of them; ids below)",
+    )
+    st = sub.add_parser(
+        "status",
+        help="say whether the daemon runs, and the host's last known phase",
+        description="Report from the state directory whether the daemon runs (pid, since "
+        "when) and the host's last known phase. Exit code 0 when the daemon runs, 3 when not.",
+    )
+    _config_option(st)
+    st.add_argument(
+        "--json",
+        action="store_true",
+        help="print the status object with running, pid and running_since (default: plain text)",
+    )
+    nc = sub.add_parser(
+        "nodeconfig",
+        help="print the nodeadm NodeConfig rendered from the assignment",
+        description="Print the NodeConfig the agent would give nodeadm, from assignment_file "
+        "or the last persisted assignment.",
+    )
+    _config_option(nc)
+    nc.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="print the SSM activation code as it is (default: redacted)",
+    )
     sub.add_parser("version", help="print the agent's version")
     return p
 
@@ -51,7 +129,11 @@ def _config(path: str, cmd: str) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        parser.print_help()
+        return EX_USAGE
     if args.cmd == "version":
         print(f"edge-agent {__version__}")
         return EX_OK
@@ -149,50 +231,15 @@ async def _check(cfg: Config, as_json: bool, only: list[str] | None) -> int:
 
 
 def _status(cfg: Config, as_json: bool) -> int:
-    from agent.core.timefmt import iso
-    from agent.state.store import StateStore
-    from agent.status import checks_object, status_from
+    from agent.status_report import read_report, render
 
-    path = cfg.state_dir / "status.json"
-    status: dict[str, Any] | None = None
-    try:
-        status = json.loads(path.read_text())
-    except (OSError, ValueError):
-        status = None
-    # The state file is the truth; status.json adds what only the daemon knows (seq).
-    loaded = StateStore(cfg.state_dir).load()
-    fresh = status_from(
-        loaded.state,
-        uid=_uid(cfg),
-        mode=cfg.host.mode,
-        seq=int((status or {}).get("seq") or 0),
-        ts=iso(time.time()),
-        nodeadm_version=loaded.extra.get("nodeadm_version"),
-        checks=checks_object(loaded.checks, loaded.checks_ts),
-    )
+    uid = _uid(cfg) or None
+    report = read_report(cfg.state_dir, uid=uid, mode=cfg.host.mode, now=time.time())
     if as_json:
-        print(json.dumps(fresh, indent=1))
-        return EX_OK
-    le = fresh["last_error"]
-    print(f"uid:        {fresh['uid']}\nphase:      {fresh['phase']} since {fresh['phase_since']}")
-    print(
-        f"kubernetes: {fresh['kubernetes_version'] or '-'} "
-        f"(target {fresh['target_kubernetes_version'] or '-'})"
-    )
-    print(
-        f"node:       {fresh['node_name'] or '-'}  provider {fresh['credential_provider'] or '-'}"
-        f"  assignment revision {fresh['assignment_revision'] or '-'}"
-    )
-    c = fresh["checks"]
-    if c:
-        failing = ", ".join(c["failing"]) or "none"
-        print(
-            f"checks:     {c['passed']} passed, {c['warned']} warned, {c['failed']} failed "
-            f"(failing: {failing}) at {c['ts']}"
-        )
-    if le:
-        print(f"last error: {le['code']}: {le['message']} ({le['ts']})")
-    return EX_OK
+        print(json.dumps(report.status, indent=1))
+    else:
+        print(render(report, cfg.state_dir))
+    return report.exit_code
 
 
 def _uid(cfg: Config) -> str:

@@ -10,6 +10,8 @@ the lifecycle whether a joined node is healthy.
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, assert_never
@@ -185,14 +187,28 @@ class HealthMonitor:
         sampler: HealthSampler,
         driver: LifecycleDriver,
         out: Outbound,
+        log: Log,
     ) -> None:
         self._config = config
+        self._log = log
         self._sampler = sampler
         self._driver = driver
         self._out = out
 
     def configure(self, config: Config) -> None:
         self._config = config
+
+    async def run(self, interval: float, stamp: Callable[[], None], rng: random.Random) -> None:
+        """Sample and publish health every `interval` seconds, for ever."""
+        while True:
+            stamp()
+            try:
+                await self.once()
+            except Exception as e:  # noqa: BLE001 - health must never stop the agent
+                self._log.warning("health.failed", error=str(e))
+            # ±10 %: agents started together (a site after a power cut) must not sample and
+            # publish in lockstep for ever.
+            await asyncio.sleep(interval * rng.uniform(0.9, 1.1))
 
     async def once(self) -> None:
         sample = self._sampler.sample()
@@ -204,4 +220,16 @@ class HealthMonitor:
             self._driver.post(lc.HealthObserved(healthy))
 
 
-__all__ = ["HealthMonitor", "LifecycleEffects", "service_states"]
+async def status_loop(out: Outbound, interval: float, stamp: Callable[[], None]) -> None:
+    """Every change publishes a status (publish_status notes the time); this loop only fills
+    the silences, so a quiet host sends one every `interval`, not more."""
+    while True:
+        stamp()
+        due = out.last_status_at + interval - time.monotonic()
+        if due <= 0:
+            out.publish_status()
+            continue
+        await asyncio.sleep(min(due, 10.0))
+
+
+__all__ = ["HealthMonitor", "LifecycleEffects", "service_states", "status_loop"]

@@ -29,6 +29,13 @@ _LOGGED = frozenset({"error", "registration", "assignment"})
 StatusBuilder = Callable[[int, str], dict[str, Any]]
 
 
+class Observer(Protocol):
+    """Sees every event and reply the agent sends (the metrics tally)."""
+
+    def observe_event(self, event: dict[str, Any], at: float) -> None: ...
+    def observe_reply(self, reply: dict[str, Any]) -> None: ...
+
+
 class Publisher(Protocol):
     """What the outbound side needs of the broker link."""
 
@@ -59,6 +66,7 @@ class Outbound:
         self._notifier = notifier
         self._log = log
         self._link: Publisher | None = None
+        self.observer: Observer | None = None  # set when metrics are enabled
         self.last_status_at = 0.0  # monotonic time of the last status published
 
     def attach(self, link: Publisher) -> None:
@@ -70,6 +78,8 @@ class Outbound:
 
     def emit(self, type_: str, fields: dict[str, Any]) -> None:
         payload = {**self.base(), "type": type_, **fields}
+        if self.observer is not None:
+            self.observer.observe_event(payload, time.monotonic())
         if type_ in _LOGGED:
             self._log.info("event", **{k: v for k, v in payload.items() if k not in ("uid", "ts")})
         if self._link is not None:
@@ -81,6 +91,8 @@ class Outbound:
 
     def reply(self, reply: dict[str, Any]) -> None:
         payload = {**reply, "ts": iso(self._now()), "seq": self.seq()}
+        if self.observer is not None:
+            self.observer.observe_reply(payload)
         if self._link is not None:
             self._link.send(Kind.REPLY, "replies", payload)
 

@@ -1,8 +1,9 @@
-"""The Status object of contract §3, built from the lifecycle state and the last checks.
+"""The Status object, built from the lifecycle state and the last checks.
 
-Used for the retained status message, the ``get-status`` reply, and `edge-agent status`
-(which reads the persisted state when no daemon answers). A state disk the agent cannot write
-(full, failing) is the agent's own trouble, not the lifecycle's: it is shown as ``last_error``
+Its published shape is docs/api/schemas/status.schema.json. Used for the retained status
+message, the ``get-status`` reply, and `edge-agent status` (agent/status_report.py, which
+reads the persisted state). A state disk the agent cannot write (full, failing) is the
+agent's own trouble, not the lifecycle's: it is shown as ``last_error``
 (``state_storage_full`` / ``state_storage_failed``) unless the host has an error of its own,
 which keeps priority as it does over link errors.
 """

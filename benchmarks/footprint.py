@@ -12,6 +12,11 @@ The floor, measured in the same run, is a Python process that only imports the a
 dependencies (common.FLOOR_IMPORTS). Targets: RSS <= 1.15 x floor; idle CPU <= 0.2 % of one
 core with health every 30 s.
 
+With `--metrics` a last run at the first interval has Prometheus metrics on (metrics.listen
+on a free loopback port, scraped once a second, and a textfile): against the run without
+them it shows what enabling metrics costs. Without metrics the agent never imports
+prometheus-client (tests/test_metrics.py checks that), so "off" is the plain run.
+
 Then it looks for what costs memory (skip with --no-analysis): benchmarks/memprobe.py imports in
 stages (floor, the agent's modules, everything the running agent had loaded) and runs an
 in-process Agent to joined, reporting RSS at each stage; a second probe does the same under
@@ -46,6 +51,8 @@ def main() -> int:
     ap.add_argument("--no-analysis", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--metrics", action="store_true", help="add a run with metrics on")
+    ap.add_argument("--result-name", default="footprint")
     args = ap.parse_args()
     intervals = [float(x) for x in args.intervals.split(",") if x]
     result: dict[str, Any] = {"params": {"duration_s": args.duration, "settle_s": args.settle,
@@ -61,6 +68,8 @@ def main() -> int:
         try:
             for interval in intervals:
                 runs.append(measure(rig, interval, args))
+            if args.metrics:
+                runs.append(measure(rig, intervals[0], args, metrics=True))
             if not args.no_analysis:
                 result["analysis"] = analyse(rig, args)
         finally:
@@ -75,6 +84,16 @@ def main() -> int:
         run["rss_over_target_mb"] = common.mb(rss - RSS_TARGET * floor["rss"])
     result["runs"] = runs
     at30 = next((r for r in runs if r["health_interval_s"] == 30.0), runs[0])
+    on = next((r for r in runs if r["metrics"]), None)
+    if on is not None:
+        off = next(r for r in runs if not r["metrics"] and
+                   r["health_interval_s"] == on["health_interval_s"])
+        result["metrics_cost"] = {
+            "rss_mb": common.mb(on["rss_median"] - off["rss_median"]),
+            "pss_mb": common.mb(on["pss_median"] - off["pss_median"]),
+            "cpu_percent": round(on["cpu_percent"] - off["cpu_percent"], 3),
+            "threads": on["threads"] - off["threads"],
+        }
     result["targets"] = {
         "rss_ratio": {"target": RSS_TARGET, "measured": at30["rss_vs_floor"],
                       "pass": at30["rss_vs_floor"] <= RSS_TARGET},
@@ -82,20 +101,31 @@ def main() -> int:
                                "pass": at30["cpu_percent"] <= CPU_TARGET},
     }
     for r in runs:
-        common.log(f"health {r['health_interval_s']:g}s: RSS {common.mb(r['rss_median'])} MiB "
+        common.log(f"health {r['health_interval_s']:g}s{' metrics on' if r['metrics'] else ''}: RSS {common.mb(r['rss_median'])} MiB "
                    f"({r['rss_vs_floor']}x floor), PSS {common.mb(r['pss_median'])} MiB, "
                    f"CPU {r['cpu_percent']} % (+ children {r['children_cpu_percent']} %)")
     if not args.no_plot:
         plot(result)
-    common.save_result("footprint", result)
+    if "metrics_cost" in result:
+        common.log(f"metrics on cost: {result['metrics_cost']}")
+    common.save_result(args.result_name, result)
     return 0
 
 
-def measure(rig: common.Rig, interval: float, args: argparse.Namespace) -> dict[str, Any]:
+def measure(rig: common.Rig, interval: float, args: argparse.Namespace,
+            metrics: bool = False) -> dict[str, Any]:
     from devtools.commander import Commander
 
-    uid = f"edge-bench-fp-{interval:g}s".replace(".", "-")
-    h = rig.host(f"host-{interval:g}", uid, health_interval_s=interval)
+    tag = "-metrics" if metrics else ""
+    uid = f"edge-bench-fp-{interval:g}s{tag}".replace(".", "-")
+    h = rig.host(f"host-{interval:g}{tag}", uid, health_interval_s=interval)
+    scrape_url = None
+    if metrics:
+        port = _free_port()
+        h.config["metrics"] = {"listen": f"127.0.0.1:{port}", "interval_s": 15,
+                               "textfile": str(h.tmp / "edge_agent.prom")}
+        h.write_config()
+        scrape_url = f"http://127.0.0.1:{port}/metrics"
     with Commander(rig.port, uid=uid) as cmd:
         t_start = time.monotonic()
         proc = h.start()
@@ -117,6 +147,9 @@ def measure(rig: common.Rig, interval: float, args: argparse.Namespace) -> dict[
             c = common.proc_cpu(pid)
             samples.append({"t": round(now - t0, 3), "rss": m["Rss"], "pss": m["Pss"],
                             "cpu": round(c["utime"] + c["stime"], 2)})
+            if scrape_url is not None:
+                scraped = _http_get(scrape_url)
+                assert b"edge_agent_phase" in scraped, scraped[:200]
             if now >= end:
                 break
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
@@ -135,6 +168,7 @@ def measure(rig: common.Rig, interval: float, args: argparse.Namespace) -> dict[
     pss = [s["pss"] for s in samples]
     return {
         "health_interval_s": interval,
+        "metrics": metrics,
         "uid": uid,
         "joined_after_s": round(joined_s, 2),
         "phase_at_end": phase,
@@ -160,6 +194,21 @@ def measure(rig: common.Rig, interval: float, args: argparse.Namespace) -> dict[
         "exit_code": rc,
         "samples": samples,
     }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http_get(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
+        return bytes(r.read())
 
 
 # ---- what costs memory --------------------------------------------------------------------

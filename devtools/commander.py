@@ -43,6 +43,7 @@ class Received:
     suffix: str
     payload: bytes
     retain: bool
+    qos: int = 1  # as delivered: the lower of the publisher's and our subscription's (1)
     _parsed: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def json(self) -> dict[str, Any]:
@@ -85,6 +86,10 @@ class Commander:
         self.client_id = client_id or f"commander-{uuid.uuid4().hex[:12]}"
         self._v5 = protocol == "5"
         self._records: list[Received] = []
+        # Everything ever received and published, which `clear` keeps: tests/e2e checks all
+        # the agent sent against the published schemas, and skips what we published.
+        self._history: list[Received] = []
+        self._published: set[tuple[str, bytes]] = set()
         # Per-suffix lists, so `replies`/`events` don't scan a fleet's health samples.
         self._by_suffix: dict[str, list[Received]] = {}
         self._cond = threading.Condition()
@@ -162,9 +167,12 @@ class Commander:
         if not topic.startswith(head):
             return
         uid, _, suffix = topic[len(head) :].partition("/")
-        record = Received(time.time(), uid, suffix, bytes(message.payload), bool(message.retain))
+        record = Received(
+            time.time(), uid, suffix, bytes(message.payload), bool(message.retain), message.qos
+        )
         with self._cond:
             self._records.append(record)
+            self._history.append(record)
             self._by_suffix.setdefault(suffix, []).append(record)
             self._cond.notify_all()
 
@@ -208,6 +216,10 @@ class Commander:
             raise ValueError("no uid: pass uid= or construct the Commander with one")
         if isinstance(payload, dict):
             payload = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        if isinstance(payload, str):
+            payload = payload.encode()
+        with self._cond:
+            self._published.add((suffix, payload))
         info = self._client.publish(f"{self.prefix}/{target}/{suffix}", payload, qos, retain)
         if wait and qos > 0:
             info.wait_for_publish(timeout)
@@ -243,6 +255,11 @@ class Commander:
         with self._cond:
             pool = self._records if suffix is None else self._by_suffix.get(suffix, [])
             return [r for r in pool if uid is None or r.uid == uid]
+
+    def history(self) -> tuple[list[Received], set[tuple[str, bytes]]]:
+        """Every message received since the start, `clear` or not, and what we published."""
+        with self._cond:
+            return list(self._history), set(self._published)
 
     def messages(self, suffix: str, uid: str | None = None) -> list[dict[str, Any]]:
         """Parsed payloads on `suffix`, in arrival order; unparsable ones as `{"_raw": bytes}`."""

@@ -26,9 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import trustme
+if TYPE_CHECKING:
+    import trustme
 
 __all__ = ["Controller", "RecordedRequest", "ServerTLS"]
 
@@ -36,6 +37,13 @@ _UID_RE = re.compile(r"[a-z0-9._-]{1,128}")
 _BUNDLE_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _ASSIGNMENT_RE = re.compile(r"/v1/hosts/([^/]+)/assignment")
 _DIAGNOSTICS_RE = re.compile(r"/v1/hosts/([^/]+)/diagnostics/([^/]+)")
+
+
+def _new_ca() -> trustme.CA:
+    # Imported here: only TLS tests need trustme, and the demo runs without the test tools.
+    import trustme
+
+    return trustme.CA()
 
 
 @dataclass
@@ -47,7 +55,7 @@ class ServerTLS:
     """
 
     require_client_cert: bool = False
-    ca: trustme.CA = field(default_factory=trustme.CA)
+    ca: trustme.CA = field(default_factory=_new_ca)
     hostnames: tuple[str, ...] = ("127.0.0.1", "localhost")
 
     def __post_init__(self) -> None:

@@ -6,11 +6,18 @@ prints what a fleet operator would see on the broker: phase changes, preflight c
 results, nodeadm's progress lines and health. Once the host has joined it sends a signed
 `ping` and `run-checks` from the controller's side, shows an unsigned command being refused,
 and stops everything it started. Nothing here is the agent: it is a harness around it.
+
+It ends with its results as one JSON document: the phases the host went through and how
+long the join took, the commands and their outcomes, what `edge-agent status --json` said
+after the stop, and how many messages each topic carried. With ``--json`` that document is
+all it writes to stdout (the live view goes to stderr), for scripts. It needs only the agent
+and cryptography (to sign commands): scripts/demo installs no test tools.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -19,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -67,8 +74,9 @@ BOLD, DIM, GREEN, RED, YELLOW, CYAN, RESET = (
 class Screen:
     """Prints the host's MQTT traffic as it arrives, one readable line per message."""
 
-    def __init__(self, color: bool) -> None:
+    def __init__(self, color: bool, out: TextIO) -> None:
         self.color = color
+        self.out = out
         self.start = time.monotonic()
         self.seen = 0
         self.health_shown = 0
@@ -77,10 +85,14 @@ class Screen:
         return f"{code}{text}{RESET}" if self.color else text
 
     def say(self, text: str) -> None:
-        print(f"{self.c(DIM, f'{time.monotonic() - self.start:6.1f}s')}  {text}", flush=True)
+        stamp = self.c(DIM, f"{time.monotonic() - self.start:6.1f}s")
+        print(f"{stamp}  {text}", file=self.out, flush=True)
 
     def title(self, text: str) -> None:
-        print(f"\n{self.c(BOLD, '== ' + text)}", flush=True)
+        print(f"\n{self.c(BOLD, '== ' + text)}", file=self.out, flush=True)
+
+    def text(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
 
     def pump(self, cmd: Commander) -> None:
         records = cmd.records()
@@ -186,12 +198,13 @@ def wait(screen: Screen, cmd: Commander, pred: Any, timeout: float) -> Any:
     return pred()
 
 
-def run(delay: float, keep: bool) -> int:
-    color = sys.stdout.isatty()
-    screen = Screen(color)
+def run(delay: float, keep: bool, as_json: bool) -> int:
+    out = sys.stderr if as_json else sys.stdout
+    screen = Screen(out.isatty(), out)
+    results: dict[str, Any] = {"uid": UID, "joined": False, "commands": {}}
     tmp = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     screen.title("edge-agent demo: a simulated edge host becomes an EKS hybrid node")
-    print(
+    screen.text(
         "The host is a made-up directory tree and nodeadm is the project's stand-in; the\n"
         "broker (Mosquitto), the controller and the agent are real processes on loopback."
     )
@@ -221,46 +234,13 @@ def run(delay: float, keep: bool) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        joined = wait(
-            screen,
-            cmd,
-            lambda: any(e.get("type") == "phase" and e.get("to") == "joined" for e in cmd.events()),
-            90,
-        )
-        if not joined:
+        if _join(screen, cmd, results):
+            _commands(screen, cmd, signer, results)
+            rc = _stop(screen, cmd, agent, cfg, results)
+        else:
             screen.say(screen.c(RED, "the host did not join; agent log: " + str(tmp / "agent.log")))
             keep = True
-            return 1
-        wait(screen, cmd, lambda: len(cmd.health()) >= 2, 15)
-        screen.title("signed commands from the controller's side")
-        ping = signer.envelope("ping", uid=UID)
-        cmd.send(ping)
-        reply = wait(screen, cmd, lambda: cmd.final_reply(ping["id"], timeout=0), 10)
-        if reply:
-            screen.say(f"ping result   {reply.get('result')}")
-        checks = signer.envelope("run-checks", uid=UID)
-        cmd.send(checks)
-        reply = wait(screen, cmd, lambda: cmd.final_reply(checks["id"], timeout=0), 30)
-        if reply and reply.get("result"):
-            screen.say(f"run-checks    summary {reply['result'].get('summary')}")
-        forged = signer.envelope("uninstall", uid=UID, sign=False)
-        screen.say("sending an UNSIGNED uninstall, as an attacker on the broker would ...")
-        cmd.send(forged)
-        wait(screen, cmd, lambda: cmd.final_reply(forged["id"], timeout=0), 10)
-        screen.title("clean stop (SIGTERM)")
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(20)
-        wait(screen, cmd, lambda: any(a.get("state") == "offline" for a in cmd.availability()), 5)
-        screen.say(f"agent exited with {agent.returncode}")
-        st = subprocess.run(
-            [sys.executable, "-m", "agent", "status", "-c", str(cfg)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        screen.title("edge-agent status (read from the state directory)")
-        print(st.stdout.rstrip())
-        rc = 0 if agent.returncode == 0 else 1
+            results["agent_log"] = str(tmp / "agent.log")
     finally:
         if agent is not None and agent.poll() is None:
             os.killpg(agent.pid, signal.SIGKILL)
@@ -270,18 +250,100 @@ def run(delay: float, keep: bool) -> int:
         ctl.stop()
         broker.stop()
         if keep:
-            print(f"\nkept the demo's files in {tmp}")
+            screen.text(f"\nkept the demo's files in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     screen.title("what was simulated")
-    print(
+    screen.text(
         "The host tree and nodeadm were stand-ins, so no kubelet was installed. To run the\n"
         "agent on a real host: install it (packaging/README.md), write\n"
         "/etc/edge-agent/config.yaml from config.example.yaml (controller URL, registration\n"
         "token, broker URL, the controller's signing key), then `systemctl enable --now\n"
         "edge-agent`. `edge-agent check` tells what the host still lacks."
     )
+    if not as_json:
+        screen.title("results (JSON)")
+    results["ok"] = rc == 0
+    print(json.dumps(results, indent=1), flush=True)
     return rc
+
+
+def _join(screen: Screen, cmd: Commander, results: dict[str, Any]) -> bool:
+    started = time.monotonic()
+    joined = wait(
+        screen,
+        cmd,
+        lambda: any(e.get("to") == "joined" for e in cmd.events("phase")),
+        90,
+    )
+    results["phases"] = [e.get("to") for e in cmd.events("phase")]
+    if joined:
+        results["joined"] = True
+        results["join_s"] = round(time.monotonic() - started, 2)
+        wait(screen, cmd, lambda: len(cmd.health()) >= 2, 15)
+    return bool(joined)
+
+
+def _commands(
+    screen: Screen, cmd: Commander, signer: CommandSigner, results: dict[str, Any]
+) -> None:
+    screen.title("signed commands from the controller's side")
+    ping = signer.envelope("ping", uid=UID)
+    cmd.send(ping)
+    reply = wait(screen, cmd, lambda: cmd.final_reply(ping["id"], timeout=0), 10)
+    if reply:
+        screen.say(f"ping result   {reply.get('result')}")
+    results["commands"]["ping"] = _outcome(reply)
+    checks = signer.envelope("run-checks", uid=UID)
+    cmd.send(checks)
+    reply = wait(screen, cmd, lambda: cmd.final_reply(checks["id"], timeout=0), 30)
+    if reply and reply.get("result"):
+        screen.say(f"run-checks    summary {reply['result'].get('summary')}")
+    results["commands"]["run-checks"] = _outcome(reply)
+    forged = signer.envelope("uninstall", uid=UID, sign=False)
+    screen.say("sending an UNSIGNED uninstall, as an attacker on the broker would ...")
+    cmd.send(forged)
+    reply = wait(screen, cmd, lambda: cmd.final_reply(forged["id"], timeout=0), 10)
+    results["commands"]["unsigned uninstall"] = _outcome(reply)
+
+
+def _stop(
+    screen: Screen,
+    cmd: Commander,
+    agent: subprocess.Popen[bytes],
+    cfg: Path,
+    results: dict[str, Any],
+) -> int:
+    screen.title("clean stop (SIGTERM)")
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(20)
+    wait(screen, cmd, lambda: any(a.get("state") == "offline" for a in cmd.availability()), 5)
+    screen.say(f"agent exited with {agent.returncode}")
+    results["agent_exit_code"] = agent.returncode
+    st = _status(cfg)
+    screen.title("edge-agent status (read from the state directory)")
+    screen.text(st.stdout.rstrip())
+    results["status"] = json.loads(_status(cfg, "--json").stdout)
+    results["status_exit_code"] = st.returncode
+    topics = ("availability", "status", "health", "events", "replies")
+    results["messages"] = {t: len(cmd.records(t)) for t in topics}
+    return 0 if agent.returncode == 0 else 1
+
+
+def _outcome(reply: dict[str, Any] | None) -> dict[str, Any]:
+    if reply is None:
+        return {"state": None}
+    err = reply.get("error") or {}
+    return {"state": reply.get("state"), "error": err.get("code"), "result": reply.get("result")}
+
+
+def _status(cfg: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "status", "-c", str(cfg), *extra],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def main() -> int:
@@ -293,8 +355,11 @@ def main() -> int:
         help="seconds per nodeadm step (real installs take minutes)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary files")
+    p.add_argument(
+        "--json", action="store_true", help="only the results on stdout (the live view on stderr)"
+    )
     args = p.parse_args()
-    return run(args.delay, args.keep)
+    return run(args.delay, args.keep, args.json)
 
 
 if __name__ == "__main__":

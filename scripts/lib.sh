@@ -12,7 +12,7 @@ need_debian_packages() {
     echo "missing: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
     exit 1
   fi
-  echo "== installing ${missing[*]} from Debian's packages"
+  echo "== installing ${missing[*]} from Debian's packages" >&2
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   # The Debian package starts a broker on 1883; the tests and demo start their own.
@@ -31,7 +31,7 @@ make_venv() {
   fi
   local stamp="$VENV/.installed-$extra"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "== installing edge-agent[$extra] into $VENV"
+    echo "== installing edge-agent[$extra] into $VENV" >&2
     local log="$VENV/pip-install.log"
     if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[$extra]"; } >"$log" 2>&1; then
       tail -20 "$log" >&2

@@ -13,6 +13,7 @@ OWNERS = {
     "aiomqtt": {"agent/link/mqtt.py"},
     "paho": {"agent/link/mqtt.py"},
     "httpx": {"agent/link/controller.py"},
+    "prometheus_client": {"agent/exporter.py"},
     "devtools": set(),
     "tests": set(),
 }

@@ -90,6 +90,7 @@ class Outbox:
         self._index: OrderedDict[int, _Rec] = OrderedDict()
         self._classes: dict[Kind, deque[int]] = {kind: deque() for kind in KINDS}
         self._drops: dict[Kind, int] = {}
+        self.dropped_total: dict[Kind, int] = {}  # since start, never taken (for metrics)
         self._live = self._disk_live = self._memory = 0
         self._end = 0  # logical end of `log`; bytes past it are debris of a failed write
         self._next_id = 1
@@ -309,6 +310,7 @@ class Outbox:
 
     def _count_drop(self, kind: Kind) -> None:
         self._drops[kind] = self._drops.get(kind, 0) + 1
+        self.dropped_total[kind] = self.dropped_total.get(kind, 0) + 1
 
     def _tombstone(self, ids: list[int]) -> None:
         if self.storage_error is not None or self._fd is None:

@@ -119,7 +119,7 @@ def test_mosquitto_restarts_on_the_same_port(tmp_path: Path) -> None:
     config = (tmp_path / "mosquitto.conf").read_text()
     assert "persistence true" in config
     assert "max_queued_messages 50" in config
-    assert "set_tcp_nodelay true" in config  # the default: see README, "Running a broker"
+    assert "set_tcp_nodelay true" in config  # the default: see docs/broker.md
     (tmp_path / "plain").mkdir()
     Mosquitto(tmp_path / "plain", tcp_nodelay=False)._write_config()
     assert "set_tcp_nodelay" not in (tmp_path / "plain" / "mosquitto.conf").read_text()

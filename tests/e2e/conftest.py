@@ -7,7 +7,8 @@ controller and the broker (short keepalive, health and poll intervals, 1 s backo
 and a `Commander` subscribed to the host's topics. Every site has its own UID and topic
 prefix. Teardown stops the agent (killing its process group if SIGTERM is not enough),
 ends any nodeadm stand-in left running, and stops the commander, controller and broker,
-whatever state the test left them in.
+whatever state the test left them in; then every message the agent published is checked
+against the published schemas of docs/api, so a drift fails the test that caused it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from devtools.commander import Commander
 from devtools.controller import Controller
 from devtools.fakehost import layout
 from devtools.signer import CommandSigner
+from tests.api.schemas import mqtt_drift
 from tests.support import HostEnv, assignment, stop_all_started
 
 REGISTRATION_TOKEN_PREFIX = "regtoken-"
@@ -170,7 +172,7 @@ def site_factory(tmp_path: Path) -> Iterator[SiteFactory]:
         # Mosquitto keeps at most 1,000 QoS 1 messages queued per client (its default) and
         # drops the rest, logging only "Outgoing messages are being dropped": a commander
         # that falls behind a flood of replies would lose some. A controller's subscriber
-        # needs a deeper queue in production too (README, "Running a broker").
+        # needs a deeper queue in production too (docs/broker.md).
         broker = Mosquitto(tmp / "broker", persistence=persistence, max_queued_messages=100_000)
         broker.directory.mkdir()
         broker.start()
@@ -221,6 +223,13 @@ def site_factory(tmp_path: Path) -> Iterator[SiteFactory]:
     yield build
     for s in sites:
         s.close()
+    drift = [p for s in sites for c in s._commanders for p in mqtt_drift(*c.history())]
+    if drift:
+        pytest.fail(
+            "the agent published messages docs/api does not describe:\n  "
+            + "\n  ".join(drift[:20]),
+            pytrace=False,
+        )
 
 
 @pytest.fixture

@@ -310,7 +310,8 @@ def test_sigterm_during_a_join_command_keeps_the_phase_for_the_next_start(
     pgid = os.getpgid(pid)
     assert s.host.stop() == 0
     assert not _group_alive(pgid), "a stopped agent left its nodeadm running"
-    # README: a restart during a nodeadm step keeps the phase, so the next start re-runs it.
+    # docs/design-notes.md: a restart during a nodeadm step keeps the phase, so the next start
+    # re-runs it.
     st = s.host.status()
     assert st["phase"] == "installing", st
     assert (st["last_error"] or {}).get("code") != "canceled", st

@@ -189,7 +189,9 @@ def test_check_json_nodeconfig_and_status_from_the_command_line(tmp_path: Path) 
     assert ACTIVATION_CODE in r.stdout
     r = _cli(h, "status", "--json")
     st = json.loads(r.stdout)
-    assert st["phase"] == "starting" and st["uid"] == h.uid
+    # Never run: no daemon, and no phase made up for it.
+    assert r.returncode == 3 and st["running"] is False
+    assert st["phase"] is None and st["uid"] == h.uid
     make_host(h.root, swap="partition")
     r = _cli(h, "check")
     assert r.returncode == 1 and "FAIL" in r.stdout and "system.swap" in r.stdout

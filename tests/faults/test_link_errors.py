@@ -1,6 +1,7 @@
-"""What the status says about the broker link under faults (contract §3, README "Status
-`last_error` ... clears when that source recovers"): a broker that restarts again and again
-is not a UID conflict, and a host that joins while the broker is away keeps saying so.
+"""What the status says about the broker link under faults (docs/design-notes.md:
+`last_error` holds the host's own failure first, a link error clears when the link
+recovers): a broker that restarts again and again is not a UID conflict, and a host that
+joins while the broker is away keeps saying so.
 """
 
 from __future__ import annotations
