@@ -117,7 +117,7 @@ def test_without_metrics_prometheus_client_is_never_imported(tmp_path: Path) -> 
     off.start({"PYTHONPROFILEIMPORTTIME": "1"})
     off.wait_phase("joined", 30)
     assert off.stop() == 0
-    assert "agent.daemon" in off.output()
+    assert "agent.app" in off.output()
     assert "prometheus_client" not in off.output()
     on = HostEnv(
         tmp_path / "on",
