@@ -107,6 +107,9 @@ class ChecksConfig:
     refresh_package_index: str = "auto"
     bind_mounts: tuple[str, ...] = EKS_BIND_MOUNTS
     min_free_disk_gb: float = 20.0
+    # The CNI decides which VXLAN port network.firewall wants open: 8472/udp for Cilium,
+    # 4789/udp for Calico (nodeadm init accepts either).
+    cni: str = "cilium"
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,8 @@ class NodeadmConfig:
     upgrade_timeout_s: float = 1800.0
     uninstall_timeout_s: float = 600.0
     systemd_run: str = "auto"
+    # nodeadm debug waits up to 5 minutes for a Ready node (never Ready before a CNI runs).
+    debug_timeout_s: float = 420.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,8 @@ class ProgramsConfig:
     systemctl: str = "systemctl"
     ip: str = "ip"
     journalctl: str = "journalctl"
+    firewall_cmd: str = "firewall-cmd"
+    ufw: str = "ufw"
     # Extensions: programs the contract does not list but the agent runs.
     dpkg: str = "dpkg"
     timedatectl: str = "timedatectl"
@@ -545,6 +552,7 @@ def _checks(s: _Section) -> ChecksConfig:
         refresh_package_index=s.string("refresh_package_index", "auto", choices=("auto", "never")),
         bind_mounts=mounts,
         min_free_disk_gb=s.number("min_free_disk_gb", 20.0),
+        cni=s.string("cni", "cilium", choices=("cilium", "calico")),
     )
     s.finish()
     return out
@@ -569,6 +577,7 @@ def _nodeadm(s: _Section) -> NodeadmConfig:
         upgrade_timeout_s=s.number("upgrade_timeout_s", 1800.0, positive=True),
         uninstall_timeout_s=s.number("uninstall_timeout_s", 600.0, positive=True),
         systemd_run=s.string("systemd_run", "auto", choices=("auto", "always", "never")),
+        debug_timeout_s=s.number("debug_timeout_s", 420.0, positive=True),
     )
     s.finish()
     return out
@@ -605,6 +614,8 @@ def _programs(s: _Section) -> ProgramsConfig:
         "systemctl",
         "ip",
         "journalctl",
+        "firewall_cmd",
+        "ufw",
         "dpkg",
         "timedatectl",
         "systemd_run",
