@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from agent.checks import (
     credentials,
+    firewall,
     kubernetes,
     mounts,
     network,
@@ -28,6 +29,7 @@ CHECKS: tuple[Check, ...] = (
     credentials.CHECK,
     network.CIDRS,
     network.NODE_IP,
+    firewall.CHECK,
     network.ROUTE,
     system.SWAP,
     system.DISK,

@@ -57,6 +57,8 @@ PROGRAMS: dict[str, tuple[str, str]] = {
     "dpkg": ("dpkg", "dpkg.py"),
     "timedatectl": ("timedatectl", "timedatectl.py"),
     "journalctl": ("journalctl", "journalctl.py"),
+    "firewall_cmd": ("firewall-cmd", "firewall_cmd.py"),
+    "ufw": ("ufw", "ufw.py"),
 }
 
 _OS_NAMES = {

@@ -22,6 +22,7 @@ CONTRACT_ORDER = (
     "credentials",
     "network.cidrs",
     "network.node_ip",
+    "network.firewall",
     "network.route_to_vpc",
     "system.swap",
     "system.disk",
