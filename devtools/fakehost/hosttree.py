@@ -102,7 +102,7 @@ def make_host(
     missing_mounts: Sequence[str] = (),
     index_age_s: float | None = 0.0,
     swap: str = "none",
-    routes: Sequence[tuple[str, str]] = DEFAULT_ROUTES,
+    routes: Sequence[tuple[str, ...]] = DEFAULT_ROUTES,
     systemd: bool = True,
     installed: bool = False,
     ssm_registration: str | None = None,
@@ -117,8 +117,10 @@ def make_host(
     (an ordinary host has no bind mounts there). `missing_mounts` are left out of mountinfo and
     not created; `ro_mounts` are mounted read-only (added as mounts when not bind mounts).
     `index_age_s` ages the apt lists / dnf cache; None leaves the index empty. `routes` are
-    (destination CIDR, gateway) pairs; a link route (/24 of each gateway) is added for every
-    gateway no given route already covers. `installed` adds nodeadm's tracker and binaries
+    (destination CIDR, gateway[, device]) entries (device eth0 unless named; gateway 0.0.0.0
+    makes a link route, which is how the kernel shows an interface's own network); a link
+    route (/24 of each gateway, on its device) is added for every gateway no given route
+    already covers. `installed` adds nodeadm's tracker and binaries
     for `kubernetes_version` and `credential_provider`, and marks kubelet and containerd
     active. `ssm_registration` (an `mi-…` id) writes the SSM registration for `region`.
     """
@@ -310,19 +312,22 @@ def _write_swap(root: Path, swap: str) -> None:
     write_file(under(root, "etc/fstab"), "\n".join(fstab) + "\n")
 
 
-def _routes(pairs: Sequence[tuple[str, str]]) -> list[procfs.Route]:
+def _routes(entries: Sequence[tuple[str, ...]]) -> list[procfs.Route]:
+    """(destination, gateway[, device]) entries; gateway 0.0.0.0 is a link route."""
     routes: list[procfs.Route] = []
-    for dest, gateway in pairs:
+    for dest, gateway, *dev in entries:
         network = IPv4Network(dest)
         metric = 100 if network.prefixlen == 0 else 0
-        routes.append(procfs.Route("eth0", network, IPv4Address(gateway), metric))
+        routes.append(
+            procfs.Route(dev[0] if dev else "eth0", network, IPv4Address(gateway), metric)
+        )
     links = [r.network for r in routes if not int(r.gateway)]
     for route in list(routes):
         gateway = route.gateway
         if int(gateway) and not any(gateway in net for net in links):
             link = IPv4Network(f"{gateway}/24", strict=False)
             links.append(link)
-            routes.append(procfs.Route("eth0", link, IPv4Address(0)))
+            routes.append(procfs.Route(route.iface, link, IPv4Address(0)))
     return routes
 
 
