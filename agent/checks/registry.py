@@ -10,6 +10,7 @@ from __future__ import annotations
 from agent.checks import (
     credentials,
     firewall,
+    host_services,
     kubernetes,
     mounts,
     network,
@@ -37,6 +38,10 @@ CHECKS: tuple[Check, ...] = (
     system.SYSTEMD,
     system.CLOCK,
     nodeadm_binary.CHECK,
+    # Beyond the contract's table: nodeadm init's own validations, judged earlier.
+    host_services.PROXY,
+    host_services.SSM_AGENT,
+    host_services.CONTAINERD_UNIT,
 )
 
 CHECK_IDS: tuple[str, ...] = tuple(c.id for c in CHECKS)

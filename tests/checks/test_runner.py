@@ -29,6 +29,9 @@ CONTRACT_ORDER = (
     "system.systemd",
     "system.clock",
     "nodeadm.binary",
+    "nodeadm.proxy",
+    "nodeadm.ssm_agent",
+    "nodeadm.containerd_unit",
 )
 
 
