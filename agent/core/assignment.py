@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.core.node_labels import refusal
+
 _VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
 
 
@@ -217,6 +219,8 @@ def parse_assignment(data: Any) -> Assignment:
             isinstance(a, str) and isinstance(b, str) for a, b in labels.items()
         ):
             raise AssignmentError("kubelet.node_labels", "must be a map of strings to strings")
+        if (problem := refusal(labels)) is not None:
+            raise AssignmentError("kubelet.node_labels", problem)
         taints = k.strings("taints")
         for t in taints:
             if not re.match(r"^[^=:\s]+(=[^:\s]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$", t):
