@@ -688,29 +688,57 @@ def test_uninstall_of_a_running_node_needs_the_drain_skips(installed: Host) -> N
     assert result.returncode == 0, result.stderr
 
 
-def test_debug_prints_a_checklist(installed: Host) -> None:
+def test_debug_prints_the_real_printer_tree(installed: Host) -> None:
+    # aws/eks-hybrid v1.0.20: cmd/nodeadm/debug/debug.go (order, closing lines, silent
+    # exit 1), internal/validation/printer.go (the tree), internal/system/ntp.go (the NTP
+    # error and remediation), internal/kubernetes/access.go (UntilError stops the API checks).
     uri = installed.nodeconfig()
     assert installed.run("nodeadm", "init", "-c", uri).returncode == 0
     good = installed.run("nodeadm", "debug", "-c", uri, "--no-color")
     assert good.returncode == 0
-    assert good.stdout.splitlines()
-    assert all(re.fullmatch(r"\* .+ \[Success\]", line) for line in good.stdout.splitlines())
+    lines = good.stdout.splitlines()
+    assert lines[0] == "* Validating access to AWS SSM API endpoint [Success]"
+    assert lines[-1] == "* Validating active node status in Kubernetes cluster [Success]"
+    assert all(re.fullmatch(r"\* .+ \[Success\]", line) for line in lines)
     set_ntp_synced(installed.root, False)
     bad = installed.run(
         "nodeadm", "debug", "-c", uri, "--no-color", env={"NODEADM_FAKE_FAIL": "debug"}
     )
     assert bad.returncode == 1
     out = bad.stdout.splitlines()
-    assert "* Validating NTP synchronization [Failed]" in out
-    assert "* Validating access to Kubernetes API server endpoint [Failed]" in out
-    assert "* Validating node identity maps to a Kubernetes node [Success]" not in out
-    assert any(line.strip().startswith("Error: ") for line in out)
-    assert any(line.strip().startswith("Remediation: ") for line in out)
-    assert out[-1].startswith("Issues found during validation")
+    ntp = out.index("* Validating NTP synchronization status [Failed]")
+    assert out[ntp + 1 : ntp + 5] == [
+        "  └─ Error",
+        "     └─ validating NTP synchronization via timedatectl: System clock not synchronized",
+        "     └─ Remediation",
+        "        └─ Ensure the hybrid node is synchronized with NTP by running "
+        "`timedatectl set-ntp true`.",
+    ]
+    assert "* Validating access to Kubernetes API endpoint [Failed]" in out
+    assert not [line for line in out if "authenticated request" in line]
+    assert out[-2:] == [
+        "",
+        "Issues found during validation. Please follow the remediation advice above.",
+    ]
     assert "\x1b[" not in bad.stdout
     assert not [line for line in logs(bad.stderr) if line["level"] == "fatal"]
     coloured = installed.run("nodeadm", "debug", "-c", uri)
     assert "\x1b[31mFailed\x1b[0m" in coloured.stdout
+
+
+def test_debug_proxy_validation_names_the_first_missing_file(installed: Host) -> None:
+    # aws/eks-hybrid v1.0.20: internal/network/proxy_validator.go.
+    uri = installed.nodeconfig()
+    assert installed.run("nodeadm", "init", "-c", uri).returncode == 0
+    proxy = "http://proxy.example:3128"
+    bad = installed.run("nodeadm", "debug", "-c", uri, "--no-color", env={"HTTPS_PROXY": proxy})
+    out = bad.stdout.splitlines()
+    i = out.index("* Validating proxy configuration on the hybrid node [Failed]")
+    assert (
+        out[i + 2]
+        == "     └─ apt proxy configuration file not found: /etc/apt/apt.conf.d/proxy.conf"
+    )
+    assert out[i + 4].startswith("        └─ Create the apt proxy configuration file at")
 
 
 # --- the other programs --------------------------------------------------------------------
