@@ -54,3 +54,32 @@ def set_ufw(root: Path, *, active: bool, rules: tuple[str, ...] = ()) -> None:
     state = read_state(root)
     state["ufw"] = {"active": active, "rules": list(rules)}
     write_state(root, state)
+
+
+VXLAN_PORTS = ("8472/udp", "4789/udp")
+
+
+def vxlan_port_open(root: Path, os_id: str) -> bool:
+    """nodeadm init's cni-validation: False when the firewall it asks blocks both ports.
+
+    As cmd/nodeadm/init/init.go does: ufw on Ubuntu, firewalld elsewhere; a firewall that
+    is not running passes; firewalld is reloaded first (``--reload`` then
+    ``--runtime-to-permanent``), which drops ports opened only at runtime; ufw counts only
+    ALLOW rules from Anywhere.
+    """
+    state = read_state(root)
+    if os_id == "ubuntu":
+        ufw = state.get("ufw") or {}
+        if not ufw.get("active"):
+            return True
+        allowed = {
+            r.split()[0] for r in ufw.get("rules", []) if r.split()[1:] == ["ALLOW", "Anywhere"]
+        }
+        return any(p in allowed for p in VXLAN_PORTS)
+    fw = state.get("firewalld") or {}
+    if not fw.get("running"):
+        return True
+    fw["runtime"] = list(fw.get("permanent", []))
+    state["firewalld"] = fw
+    write_state(root, state)
+    return any(p in fw["runtime"] for p in VXLAN_PORTS)

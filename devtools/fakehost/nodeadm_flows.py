@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.fakehost import layout, nodeadm_files, nodeconfig
+from devtools.fakehost.firewall import vxlan_port_open
 from devtools.fakehost.layout import under
 from devtools.fakehost.nodeadm_debug import checklist
 from devtools.fakehost.nodeadm_run import (
@@ -320,11 +321,27 @@ def init(run: Run) -> int:
         raise Usage(CONFIG_REQUIRED)
     skip = run.inv.skip()
     if "install-validation" not in skip:
+        run.log.info("Loading installed components")
         if layout.read_tracker(run.root) is None:
-            run.log.info("Nodeadm components are not installed. Please run `nodeadm install` first")
+            # The quirk the agent must know: nothing installed is a success (exit 0).
+            run.log.info(
+                "Nodeadm components are not installed. Please run `nodeadm install` before "
+                "running init"
+            )
             return 0
         if not any(p.exists() for p in layout.containerd_unit_paths(run.root)):
-            raise CommandError("containerd daemon not found")
+            raise CommandError(
+                "a systemd unit file for containerd is required to init the node: "
+                "containerd daemon not found"
+            )
+    if "cni-validation" not in skip:
+        run.log.info("Validating firewall ports for cilium and calico")
+        if not vxlan_port_open(run.root, run.os_id):
+            raise CommandError(
+                "Cilium (8472/udp) or Calico (4789/udp) VxLan ports are not open on the host. "
+                "If you are not using VxLan, this validation can by bypassed with --skip "
+                "cni-validation"
+            )
     if not under(run.root, "run/systemd/system").is_dir():
         raise CommandError(
             "failed to connect to systemd: dial unix /run/systemd/private: "

@@ -25,12 +25,27 @@ STR = "string"
 BOOL = "bool"
 STRINGS = "[]string"
 MAP = "map"
-# The Go types' JSON field names; nested dicts are structs, strings are leaf types.
+# The JSON field names of hybrid nodeadm's internal NodeConfig (aws/eks-hybrid v1.0.20
+# internal/api/types.go), which file:// sources decode strictly into: nested dicts are
+# structs, strings leaf types. EC2 nodeadm's fields (featureGates, containerd's
+# baseRuntimeSpec, localStorage's mountPath and disabledMounts) are not there: hybrid
+# nodeadm refuses them as unknown.
 SCHEMA: dict[str, Any] = {
     "apiVersion": STR,
     "kind": STR,
     "metadata": MAP,
-    "status": MAP,
+    "status": {
+        "instance": {
+            "id": STR,
+            "region": STR,
+            "type": STR,
+            "availabilityZone": STR,
+            "mac": STR,
+            "privateDnsName": STR,
+        },
+        "hybrid": {"nodeName": STR},
+        "default": {"sandboxImage": STR},
+    },
     "spec": {
         "cluster": {
             "name": STR,
@@ -41,10 +56,9 @@ SCHEMA: dict[str, Any] = {
             "enableOutpost": BOOL,
             "id": STR,
         },
-        "containerd": {"config": STR, "baseRuntimeSpec": MAP},
-        "instance": {"localStorage": {"strategy": STR, "mountPath": STR, "disabledMounts": ANY}},
+        "containerd": {"config": STR},
+        "instance": {"localStorage": {"strategy": STR}},
         "kubelet": {"config": MAP, "flags": STRINGS},
-        "featureGates": MAP,
         "hybrid": {
             "enableCredentialsFile": BOOL,
             "ssm": {"activationCode": STR, "activationId": STR},
@@ -174,7 +188,10 @@ def _check(value: Any, schema: Any, path: str) -> None:
         for key, child in value.items():
             child_path = f"{path}.{key}" if path else str(key)
             if key not in schema:
-                raise ConfigError(f'strict decoding error: unknown field "{child_path}"')
+                # sigs.k8s.io/yaml UnmarshalStrict over encoding/json: the field, not its path.
+                raise ConfigError(
+                    f'error unmarshaling JSON: while decoding JSON: json: unknown field "{key}"'
+                )
             _check(child, schema[key], child_path)
         return
     expected = {STR: str, BOOL: bool, MAP: dict}.get(schema)

@@ -39,6 +39,8 @@ from devtools.fakehost import (
     set_ntp_synced,
     set_unit,
 )
+from devtools.fakehost import layout as fakelayout
+from devtools.fakehost.firewall import set_firewalld, set_ufw
 
 FAKEHOST = Path(__file__).resolve().parents[2] / "devtools" / "fakehost"
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -332,7 +334,12 @@ def test_init_without_tracker_exits_0_and_writes_nothing(host: Host) -> None:
 @pytest.mark.parametrize(
     ("change", "error"),
     [
-        (lambda s: s["hybrid"]["ssm"].update(foo=1), 'unknown field "spec.hybrid.ssm.foo"'),
+        # aws/eks-hybrid v1.0.20: internal/configprovider/file.go decodes strictly
+        # (internal/api/bridge/decode.go) into internal/api/types.go, which lacks EC2's fields.
+        (lambda s: s["hybrid"]["ssm"].update(foo=1), 'json: unknown field "foo"'),
+        (lambda s: s.update(featureGates={"InstanceIdNodeName": True}), 'json: unknown field "featureGates"'),
+        (lambda s: s.update(instance={"localStorage": {"strategy": "RAID0", "mountPath": "/m"}}), 'unknown field "mountPath"'),
+        (lambda s: s.update(containerd={"baseRuntimeSpec": {}}), 'unknown field "baseRuntimeSpec"'),
         (lambda s: s["hybrid"]["ssm"].update(activationCode="short"), "between 20 and 250"),
         (lambda s: s["hybrid"]["ssm"].update(activationId=ACTIVATION_ID.upper()), "lowercase UUID"),
         (lambda s: s["cluster"].pop("region"), "Region is missing in cluster configuration"),
@@ -354,6 +361,44 @@ def test_init_rejects_a_bad_nodeconfig(installed: Host, change: Any, error: str)
     result = installed.run("nodeadm", "init", "-c", installed.nodeconfig(spec))
     assert error in fatal(result)
     assert not (installed.root / "var/lib/amazon/ssm/registration").exists()
+
+
+def test_init_cni_validation_follows_the_firewall_nodeadm_asks(tmp_path: Path) -> None:
+    # aws/eks-hybrid v1.0.20: cmd/nodeadm/init/init.go (cni-validation right after
+    # install-validation), internal/system/ports.go (firewalld unless Ubuntu) and
+    # internal/firewall/firewalld.go (reload before the query drops runtime-only ports).
+    root = tmp_path / "rhel"
+    make_host(root, os_id="rhel", version_id="9.4", installed=True)
+    rhel = Host(root, tmp_path / "rhel-bin", tmp_path)
+    set_firewalld(root, running=True, permanent=("22/tcp",), runtime=("8472/udp",))
+    uri = rhel.nodeconfig()
+    assert fatal(rhel.run("nodeadm", "init", "-c", uri)) == (
+        "Cilium (8472/udp) or Calico (4789/udp) VxLan ports are not open on the host. If you "
+        "are not using VxLan, this validation can by bypassed with --skip cni-validation"
+    )
+    assert not (root / "var/lib/amazon/ssm/registration").exists()
+    set_firewalld(root, running=True, permanent=("4789/udp",))
+    assert rhel.run("nodeadm", "init", "-c", uri).returncode == 0
+    # The same closed firewalld on Ubuntu is not asked: ufw is, and it is inactive.
+    ubuntu = tmp_path / "ubuntu"
+    make_host(ubuntu, installed=True)
+    set_firewalld(ubuntu, running=True)
+    host = Host(ubuntu, tmp_path / "ubuntu-bin", tmp_path)
+    assert host.run("nodeadm", "init", "-c", uri).returncode == 0
+    set_ufw(ubuntu, active=True, rules=("22/tcp ALLOW Anywhere",))
+    assert "VxLan ports are not open" in fatal(host.run("nodeadm", "init", "-c", uri))
+    skipped = host.run("nodeadm", "init", "-c", uri, "--skip", "cni-validation")
+    assert skipped.returncode == 0, skipped.stderr
+
+
+def test_init_without_a_containerd_unit_says_why(installed: Host) -> None:
+    # aws/eks-hybrid v1.0.20: cmd/nodeadm/init/init.go wraps ValidateSystemdUnitFile's error.
+    for unit in fakelayout.containerd_unit_paths(installed.root):
+        unit.unlink(missing_ok=True)
+    assert fatal(installed.run("nodeadm", "init", "-c", installed.nodeconfig())) == (
+        "a systemd unit file for containerd is required to init the node: containerd daemon "
+        "not found"
+    )
 
 
 def test_init_reads_only_file_uris(installed: Host) -> None:
