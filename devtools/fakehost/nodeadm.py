@@ -14,7 +14,9 @@ NODEADM_FAKE_FAIL_TIMES (fail only the first N runs of that subcommand); NODEADM
 and NODEADM_FAKE_HANG_TIMES; NODEADM_FAKE_VERSION (default v1.0.20); NODEADM_FAKE_SUPPORTED
 (default `1.30-1.36`; items `X.Y`, `X.Y.Z`, `X.Y-X.Z`); NODEADM_FAKE_REMOTE_NODE_CIDRS (init's
 node-ip-validation); NODEADM_FAKE_STALE_AFTER_S (install fails like a stale index when the
-package lists are older); NODEADM_FAKE_REQUIRE_ROOT=1; NODEADM_FAKE_LOG (JSON line per run).
+package lists are older); NODEADM_FAKE_REQUIRE_ROOT=1; NODEADM_FAKE_LOG (JSON line per run);
+NODEADM_FAKE_ACTIVE_NODE_WAIT_S (debug's wait for a node whose kubelet is not active, 300).
+Where each behaviour comes from in the real source: README.md here.
 """
 
 from __future__ import annotations

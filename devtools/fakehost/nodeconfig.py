@@ -260,15 +260,13 @@ def _validate_ssm(ssm: dict[str, Any]) -> None:
         raise ConfigError("ActivationCode is missing in hybrid ssm configuration")
     if not activation_id:
         raise ConfigError("ActivationID is missing in hybrid ssm configuration")
+    # nodeadm prints the activation code itself here (the agent scrubs it from what it keeps).
     if not 20 <= len(code) <= 250:
-        raise ConfigError(
-            "ActivationCode is invalid in hybrid ssm configuration: "
-            f"length must be between 20 and 250 characters, got {len(code)}"
-        )
+        raise ConfigError(f"invalid ActivationCode format: {code}. Must be 20-250 characters")
     if not UUID.match(activation_id):
         raise ConfigError(
-            "ActivationID is invalid in hybrid ssm configuration: "
-            "must be a lowercase UUID (8-4-4-4-12 hexadecimal characters)"
+            f"invalid ActivationID format: {activation_id}. Must be in format: "
+            "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
         )
 
 
@@ -310,15 +308,15 @@ def _validate_iam_ra(ira: dict[str, Any], root: Path, now: datetime) -> None:
 
 
 def _validate_node_ip(value: str) -> None:
+    # internal/network/utils.go ExtractNodeIPFromFlags (run by node-ip-validation).
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
         address = None
-    if address is None or address.version != 4:
-        raise ConfigError(
-            f'invalid --node-ip kubelet flag value "{value}": hybrid nodes require exactly '
-            "one IPv4 address"
-        )
+    if address is None:
+        raise ConfigError(f"invalid ip {value} in --node-ip flag. only 1 IPv4 address is allowed")
+    if address.version != 4:
+        raise ConfigError(f"invalid IPv6 address {value} in --node-ip flag. only IPv4 is supported")
 
 
 def certificate_validity(pem: bytes, name: str) -> tuple[datetime, datetime]:
