@@ -166,14 +166,18 @@ def install_fake_programs(
     """Write one wrapper per fake program into `bin_dir`; return {programs key: absolute path}.
 
     The wrappers export FAKEHOST_ROOT and NODEADM_FAKE_ROOT (the absolute `root`) and every
-    `env` entry, overriding the caller's environment: a wrapper behaves the same whoever runs
-    it. Rewrite the wrappers to change the knobs.
+    `env` entry, overriding the caller's environment, and drop the caller's proxy variables
+    (set them in `env` to test a proxy): a wrapper behaves the same whoever runs it.
+    Rewrite the wrappers to change the knobs.
     """
     bin_dir.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).resolve().parent
     absolute_root = str(root.resolve())
     exports = {"FAKEHOST_ROOT": absolute_root, "NODEADM_FAKE_ROOT": absolute_root, **(env or {})}
     lines = ["#!/bin/sh", "# written by devtools.fakehost.hosttree.install_fake_programs"]
+    # The stand-in judges proxies as nodeadm does (a proxy needs drop-ins): a proxy in the
+    # environment of whoever runs the tests must not change the made-up host's verdicts.
+    lines.append("unset HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy")
     for name, value in exports.items():
         if not _ENV_NAME.match(name):
             raise ValueError(f"not an environment variable name: {name!r}")

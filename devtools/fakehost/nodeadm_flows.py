@@ -32,6 +32,7 @@ from devtools.fakehost.nodeadm_run import (
     resolve_version,
     spawn_hung_child,
 )
+from devtools.fakehost.proxy import proxy_error
 
 CONFIG_REQUIRED = (
     "--config-source is a required flag. The format is a URI with supported schemes: "
@@ -255,21 +256,60 @@ def _configure_aws(run: Run, clock: Clock, config: nodeconfig.NodeConfig, mode: 
 
 
 def _runtime_validations(run: Run, config: nodeconfig.NodeConfig, skip: set[str]) -> None:
+    """internal/node/hybrid/hybrid.go Validate: every validation runs and logs through the
+    LoggerPrinter; the failures are joined into one error at the end."""
+    failures: list[str] = []
+
+    def validate(name: str, message: str, problem: tuple[str, str] | None) -> None:
+        if name in skip:
+            return
+        run.log.info("Starting validation", validation=name, message=message)
+        if problem is None:
+            run.log.info("Validation passed", validation=name)
+            return
+        run.log.error(
+            "Validation failed", validation=name, error=problem[0], remediation=problem[1]
+        )
+        failures.append(problem[0])
+
+    validate(
+        "node-ip-validation",
+        "Validating hybrid node network interface",
+        _node_ip_problem(run, config),
+    )
+    name = config.cluster["name"]
+    cert = None
+    if nodeadm_files.stale_serving_cert(run.root, name):
+        path = f"/{nodeadm_files.SERVING_CERT}"
+        cert = (
+            "validating kubelet certificate: certificate is not valid for the current cluster: "
+            "x509: certificate signed by unknown authority",
+            f'Please remove the kubelet server certificate file {path} or use "--skip '
+            'kubelet-cert-validation" if this is expected',
+        )
+    validate("kubelet-cert-validation", "Validating kubelet server certificate", cert)
+    proxy = proxy_error(run.root, dict(os.environ), ssm=config.provider == "ssm")
+    validate("proxy-validation", "Validating proxy configuration on the hybrid node", proxy)
+    if failures:
+        joined = "\n".join(failures)
+        run.log.error("Hybrid node validation failures detected", error=joined)
+        raise CommandError(joined)
+
+
+def _node_ip_problem(run: Run, config: nodeconfig.NodeConfig) -> tuple[str, str] | None:
     node_ip = config.flag_value("node-ip")
     cidrs = run.knobs.remote_node_cidrs
-    if "node-ip-validation" not in skip and node_ip and cidrs is not None:
-        run.log.info("Validating node IP", nodeIP=node_ip)
-        if not any(ipaddress.IPv4Address(node_ip) in net for net in cidrs):
-            listed = " ".join(str(c) for c in cidrs)
-            raise CommandError(
-                f"node IP {node_ip} is not in any of the remote network CIDR blocks [{listed}]"
-            )
-    name = config.cluster["name"]
-    if "kubelet-cert-validation" not in skip and nodeadm_files.stale_serving_cert(run.root, name):
-        raise CommandError(
-            "validating kubelet certificate: x509: certificate signed by unknown authority; "
-            f"remove /{nodeadm_files.SERVING_CERT} or use --skip kubelet-cert-validation"
-        )
+    if not node_ip or cidrs is None or any(ipaddress.IPv4Address(node_ip) in n for n in cidrs):
+        return None
+    docs = "https://docs.aws.amazon.com/eks/latest/userguide/hybrid-nodes-troubleshooting.html"
+    listed = " ".join(str(c) for c in cidrs)
+    return (
+        f"node IP {node_ip} is not in any of the remote network CIDR blocks: [{listed}]. "
+        f"See {docs} or use --skip node-ip-validation",
+        "Ensure the node IP is within the configured remote network CIDR blocks. Update the "
+        "remote network configuration in the EKS cluster or adjust the node's network "
+        f"configuration. See {docs}",
+    )
 
 
 def upgrade(run: Run) -> int:

@@ -401,6 +401,17 @@ def test_init_without_a_containerd_unit_says_why(installed: Host) -> None:
     )
 
 
+def test_init_proxy_validation_wants_the_drop_ins(installed: Host) -> None:
+    # aws/eks-hybrid v1.0.20: internal/network/proxy_validator.go, run by init's
+    # proxy-validation (internal/node/hybrid/hybrid.go).
+    uri = installed.nodeconfig()
+    env = {"HTTP_PROXY": "http://proxy.example:3128"}
+    error = fatal(installed.run("nodeadm", "init", "-c", uri, env=env))
+    assert error == "apt proxy configuration file not found: /etc/apt/apt.conf.d/proxy.conf"
+    skipped = installed.run("nodeadm", "init", "-c", uri, "--skip", "proxy-validation", env=env)
+    assert skipped.returncode == 0, skipped.stderr
+
+
 def test_init_reads_only_file_uris(installed: Host) -> None:
     assert "unsupported scheme: s3" in fatal(installed.run("nodeadm", "init", "-c", "s3://b/k"))
     missing = installed.run("nodeadm", "init", "-c", "file:///nonexistent/nc.yaml")
@@ -527,9 +538,16 @@ def test_init_checks_the_node_ip_against_remote_node_cidrs(installed: Host) -> N
     }
     uri = installed.nodeconfig(spec)
     env = {"NODEADM_FAKE_REMOTE_NODE_CIDRS": "10.0.0.0/16,192.168.0.0/16"}
-    assert fatal(installed.run("nodeadm", "init", "-c", uri, env=env)) == (
-        "node IP 10.18.0.1 is not in any of the remote network CIDR blocks [10.0.0.0/16 192.168.0.0/16]"
+    # aws/eks-hybrid v1.0.20: internal/node/hybrid/hybrid.go (LoggerPrinter lines, failures
+    # joined) and internal/network/utils.go (the message).
+    result = installed.run("nodeadm", "init", "-c", uri, env=env)
+    assert fatal(result).startswith(
+        "node IP 10.18.0.1 is not in any of the remote network CIDR blocks: "
+        "[10.0.0.0/16 192.168.0.0/16]. See https://docs.aws.amazon.com/"
     )
+    failed = [x for x in logs(result.stderr) if x["msg"] == "Validation failed"]
+    assert failed[0]["validation"] == "node-ip-validation"
+    assert failed[0]["remediation"].startswith("Ensure the node IP is within the configured")
     skipped = installed.run(
         "nodeadm", "init", "-c", uri, "--skip", "node-ip-validation,bogus", env=env
     )

@@ -93,7 +93,9 @@ CASES = [
     ),
     (
         "init",
-        "node IP 203.0.113.7 is not in any of the remote network CIDR blocks [10.200.0.0/16]",
+        "node IP 203.0.113.7 is not in any of the remote network CIDR blocks: [10.200.0.0/16]. "
+        "See https://docs.aws.amazon.com/eks/latest/userguide/hybrid-nodes-troubleshooting.html "
+        "or use --skip node-ip-validation",
         "node_ip_out_of_range",
     ),
     ("init", "partition type swap found on the host", "partition_swap"),
