@@ -250,7 +250,11 @@ def _configure_aws(run: Run, clock: Clock, config: nodeconfig.NodeConfig, mode: 
                 "invalid SSM activation. Please use a valid activation code, activation id and region"
             )
     node_name, _ = nodeadm_files.register_ssm(root, region)
-    layout.set_unit(root, nodeadm_files.ssm_agent_unit(run.os_id), "active")
+    unit = nodeadm_files.ssm_agent_unit(run.os_id)
+    if not any(under(root, f"{d}/{unit}.service").exists() for d in layout.UNIT_DIRS):
+        # A .deb agent on Ubuntu has no snap unit: enabling it fails (internal/ssm/daemon.go).
+        raise CommandError(f"Unit file {unit}.service does not exist.")
+    layout.set_unit(root, unit, "active")
     nodeadm_files.write_ssm_credentials(root)
     return node_name
 

@@ -412,6 +412,15 @@ def test_init_proxy_validation_wants_the_drop_ins(installed: Host) -> None:
     assert skipped.returncode == 0, skipped.stderr
 
 
+def test_init_on_ubuntu_needs_the_snap_ssm_agent(installed: Host) -> None:
+    # aws/eks-hybrid v1.0.20: internal/ssm/daemon.go (setDaemonName: the snap unit on Ubuntu).
+    assert (installed.root / "snap/amazon-ssm-agent/current/amazon-ssm-agent").exists()
+    snap_unit = "etc/systemd/system/snap.amazon-ssm-agent.amazon-ssm-agent.service"
+    (installed.root / snap_unit).unlink()  # as on a host whose agent came from a .deb
+    error = fatal(installed.run("nodeadm", "init", "-c", installed.nodeconfig()))
+    assert error == "Unit file snap.amazon-ssm-agent.amazon-ssm-agent.service does not exist."
+
+
 def test_init_reads_only_file_uris(installed: Host) -> None:
     assert "unsupported scheme: s3" in fatal(installed.run("nodeadm", "init", "-c", "s3://b/k"))
     missing = installed.run("nodeadm", "init", "-c", "file:///nonexistent/nc.yaml")
