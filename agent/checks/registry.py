@@ -8,6 +8,7 @@ their ids from `CHECK_IDS`.
 from __future__ import annotations
 
 from agent.checks import (
+    config_files,
     credentials,
     firewall,
     host_services,
@@ -38,6 +39,7 @@ CHECKS: tuple[Check, ...] = (
     system.SYSTEMD,
     system.CLOCK,
     nodeadm_binary.CHECK,
+    config_files.CHECK,
     # Beyond the contract's table: nodeadm init's own validations, judged earlier.
     host_services.PROXY,
     host_services.SSM_AGENT,

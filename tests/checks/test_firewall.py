@@ -95,7 +95,6 @@ async def test_calico_wants_4789_and_the_config_names_the_cni(tmp_path: Path) ->
     ):
         parse_config(
             {"assignment_file": "/etc/hostname", "checks": {"cni": "flannel"}},
-            env={},
             readable=lambda _: True,
         )
 
