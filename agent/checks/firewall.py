@@ -5,8 +5,8 @@ enabled, 8472/udp (Cilium) or 4789/udp (Calico) must be open, else init stops wi
 (8472/udp) or Calico (4789/udp) VxLan ports are not open on the host". It asks ufw on Ubuntu
 and firewalld everywhere else (the first thing a stock RHEL join hits: firewalld runs there
 by default). Before querying firewalld it reloads it, which drops ports opened only at
-runtime, so this check asks for the permanent rule. The port wanted is the configured CNI's
-(``checks.cni``): nodeadm accepts either port, but the CNI's tunnels need their own. A
+runtime, so this check asks for the permanent rule. The port wanted is the configured one
+(``checks.vxlan_port``, UDP): nodeadm accepts either port, but the CNI's tunnels need their own. A
 firewall program that is not installed means that firewall is not running. The other
 firewall, when it also runs with the port closed, is a warning: nodeadm does not look at it,
 but it still drops the tunnel.
@@ -30,7 +30,8 @@ from agent.checks.base import (
 )
 from agent.host.proc import ProcessError, run
 
-VXLAN_PORTS = {"cilium": "8472/udp", "calico": "4789/udp"}
+# Whose VXLAN port a number is, for messages; any other configured port is named bare.
+CNI_OF_PORT = {8472: "Cilium", 4789: "Calico"}
 # firewall-cmd --state exits 251 ("running but failed") or 252 ("not running") when stopped.
 FIREWALLD_STOPPED = (251, 252)
 # Only rules from Anywhere count, as nodeadm's parser reads them (``ufw status`` table).
@@ -97,9 +98,14 @@ def open_command(name: str, port: str) -> str:
     return f"firewall-cmd --permanent --add-port={port} && firewall-cmd --reload"
 
 
-def _verdict(asked: Firewall, other: Firewall, port: str, cni: str) -> CheckVerdict:
+def describe(port: str) -> str:
+    """``8472/udp (Cilium's VXLAN port)``, ``4789/udp (Calico's VXLAN port)``, or the bare port."""
+    cni = CNI_OF_PORT.get(int(port.partition("/")[0]))
+    return port if cni is None else f"{port} ({cni}'s VXLAN port)"
+
+
+def _verdict(asked: Firewall, other: Firewall, port: str) -> CheckVerdict:
     details: dict[str, Any] = {
-        "cni": cni,
         "port": port,
         "nodeadm_asks": asked.name,
         "firewalls": {
@@ -108,7 +114,7 @@ def _verdict(asked: Firewall, other: Firewall, port: str, cni: str) -> CheckVerd
         },
     }
     if asked.running and port not in asked.open_ports:
-        where = f"{asked.name} is running and {port} ({cni.capitalize()} VXLAN) is not open"
+        where = f"{asked.name} is running and {describe(port)} is not open"
         if port in asked.runtime_only:
             where += " permanently (only at runtime, and nodeadm init reloads firewalld first)"
         return failed(
@@ -118,20 +124,19 @@ def _verdict(asked: Firewall, other: Firewall, port: str, cni: str) -> CheckVerd
         )
     if other.running and port not in other.open_ports:
         return warned(
-            f"{other.name} also runs and does not open {port}; nodeadm checks only "
-            f"{asked.name}, but {other.name} will drop the {cni.capitalize()} VXLAN tunnel",
+            f"{other.name} also runs and does not open {describe(port)}; nodeadm checks only "
+            f"{asked.name}, but {other.name} will drop the CNI's VXLAN tunnel",
             f"open it: {open_command(other.name, port)}",
             details,
         )
     if not asked.running and not other.running:
         return skipped("neither firewalld nor ufw is running", details)
     running = " and ".join(f.name for f in (asked, other) if f.running)
-    return passed(f"{running} open(s) {port} ({cni.capitalize()} VXLAN)", details)
+    return passed(f"{running} open(s) {describe(port)}", details)
 
 
 async def check_firewall(ctx: CheckContext) -> CheckVerdict:
-    cni = ctx.config.checks.cni
-    port = VXLAN_PORTS[cni]
+    port = f"{ctx.config.checks.vxlan_port}/udp"
     release = ctx.host.os_release()
     on_ubuntu = release is not None and release.id == "ubuntu"
     programs = ctx.config.programs
@@ -144,14 +149,15 @@ async def check_firewall(ctx: CheckContext) -> CheckVerdict:
             "check the firewall service (systemctl status firewalld / ufw)",
         )
     asked, other = (uf, fwd) if on_ubuntu else (fwd, uf)
-    return _verdict(asked, other, port, cni)
+    return _verdict(asked, other, port)
 
 
 CHECK = Check(
     id="network.firewall",
     title="The CNI's VXLAN port is open in the host firewall",
-    remedy="open the CNI's VXLAN port: firewall-cmd --permanent --add-port=8472/udp && "
-    "firewall-cmd --reload (ufw allow 8472/udp on Ubuntu; 4789/udp for Calico)",
+    remedy="open the CNI's VXLAN port (checks.vxlan_port): firewall-cmd --permanent "
+    "--add-port=8472/udp && firewall-cmd --reload (ufw allow 8472/udp on Ubuntu; 4789/udp "
+    "for Calico)",
     timeout_s=60.0,
     needs_assignment=False,
     run=check_firewall,

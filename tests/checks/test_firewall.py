@@ -59,7 +59,9 @@ def test_rhel_with_firewalld_and_8472_closed_fails_check_until_the_port_is_opene
     code, result = edge_agent_check(tmp_path, root, programs)
     assert code == 1
     assert result["status"] == "fail"
-    assert "firewalld is running and 8472/udp (Cilium VXLAN) is not open" in result["message"]
+    assert (
+        "firewalld is running and 8472/udp (Cilium's VXLAN port) is not open" in result["message"]
+    )
     assert result["remedy"] == (
         "open it: firewall-cmd --permanent --add-port=8472/udp && firewall-cmd --reload"
     )
@@ -82,21 +84,37 @@ async def test_a_port_open_only_at_runtime_fails_because_init_reloads_firewalld(
     assert "only at runtime, and nodeadm init reloads firewalld first" in r.message
 
 
-async def test_calico_wants_4789_and_the_config_names_the_cni(tmp_path: Path) -> None:
+async def test_the_configured_vxlan_port_is_the_one_wanted(tmp_path: Path) -> None:
     root, programs = host(tmp_path)
     set_firewalld(root, running=True, permanent=("8472/udp",))
-    cfg = config(tmp_path, root, programs=programs, checks={"cni": "calico"})
+    cfg = config(tmp_path, root, programs=programs, checks={"vxlan_port": 4789})
     r = await one(context(cfg), "network.firewall")
     assert r.status is CheckStatus.FAIL
-    assert "4789/udp (Calico VXLAN) is not open" in r.message
+    assert "4789/udp (Calico's VXLAN port) is not open" in r.message
     assert "--add-port=4789/udp" in r.remedy
-    with pytest.raises(
-        ConfigError, match=r"checks.cni: must be one of cilium, calico; got 'flannel'"
-    ):
+    # A port no known CNI uses by default is named bare, and asked for all the same.
+    cfg = config(tmp_path, root, programs=programs, checks={"vxlan_port": 9999})
+    r = await one(context(cfg), "network.firewall")
+    assert r.status is CheckStatus.FAIL
+    assert "firewalld is running and 9999/udp is not open" in r.message
+    assert [c for c in calls(root, "firewall-cmd") if "--query-port=9999/udp" in c["argv"]]
+    set_firewalld(root, running=True, permanent=("9999/udp",))
+    r = await one(context(cfg), "network.firewall")
+    assert (r.status, r.message) == (CheckStatus.PASS, "firewalld open(s) 9999/udp")
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("flannel", "must be a number, got a string"), (70000, "must be a port of 1-65535, got 70000"),
+     (0, "must be a port of 1-65535, got 0"), (8472.5, "must be a whole number")],
+)  # fmt: skip
+def test_a_wrong_vxlan_port_is_a_config_error_naming_the_key(value: object, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
         parse_config(
-            {"assignment_file": "/etc/hostname", "checks": {"cni": "flannel"}},
+            {"assignment_file": "/etc/hostname", "checks": {"vxlan_port": value}},
             readable=lambda _: True,
         )
+    assert str(e.value).startswith(f"checks.vxlan_port: {words}")
 
 
 async def test_ubuntu_asks_ufw_and_counts_only_rules_from_anywhere(tmp_path: Path) -> None:
