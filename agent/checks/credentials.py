@@ -161,10 +161,13 @@ def _certificate_problems(
     details = {"subject_cn": cn, "not_before": start.isoformat(), "not_after": end.isoformat()}
     problem, warning = _validity(start, end, dt.datetime.fromtimestamp(ctx.now, tz=dt.UTC))
     problems = [problem] if problem else []
-    if cn != ira.node_name:
-        problems.append(
-            f"certificate CN {cn!r} differs from node_name {ira.node_name!r}: the Roles "
-            "Anywhere trust policy maps the session name to the CN"
+    if cn != ira.node_name and warning is None:
+        # nodeadm does not compare them; only AWS's recommended trust policy (session name
+        # = the certificate's CN) needs them equal, so a custom policy may differ.
+        warning = (
+            f"certificate CN {cn!r} differs from node_name {ira.node_name!r}: fine with a "
+            "custom trust policy, but the recommended one (aws:SourceIdentity = "
+            "${aws:PrincipalTag/x509Subject/CN}) will refuse this node"
         )
     key_problem = _key_problem(ira, key_pem, cert)
     if key_problem:
@@ -191,7 +194,13 @@ def _check_iam_ra(ctx: CheckContext, ira: IamRolesAnywhere) -> CheckVerdict:
     if problems:
         return failed("; ".join(problems), details=details | {"problems": problems})
     if warning:
-        return warned(warning, "issue a new certificate for this node before it expires", details)
+        remedy = (
+            "issue a new certificate for this node before it expires"
+            if "expires" in warning
+            else "issue a certificate whose CN is the node_name, or keep a trust policy "
+            "that does not tie the session name to the CN"
+        )
+        return warned(warning, remedy, details)
     return passed(
         f"IAM Roles Anywhere certificate for {ira.node_name} is valid and matches its key",
         details,

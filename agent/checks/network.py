@@ -1,8 +1,7 @@
-"""``network.cidrs``, ``network.node_ip`` and ``network.route_to_vpc``.
+"""``network.cidrs`` and ``network.route_to_vpc`` (``network.node_ip`` is `node_ip`'s).
 
-The remote node and pod networks must satisfy the cluster's remoteNetworkConfig rules
-(nodeadm.md §6), the node IP must lie in a remote node network (else nodeadm's
-node-ip-validation fails init), and the host must route the VPC CIDR back to the EKS
+The remote node and pod networks must satisfy the cluster's remoteNetworkConfig rules, and
+the host must route the VPC CIDR back to the EKS
 control plane's ENIs, through the VPN when the assignment names its server. With
 ``network.manage_routes`` the agent adds that static route itself (Palette step 8, for VPNs
 without BGP).
@@ -102,81 +101,6 @@ async def check_cidrs(ctx: CheckContext) -> CheckVerdict:
     return passed(f"{n} remote CIDRs are private, sized /8-/32 and disjoint", details)
 
 
-def _node_networks(a: Assignment) -> list[Net]:
-    nets = []
-    for text in a.network.remote_node_cidrs:
-        try:
-            net = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            continue  # network.cidrs reports it
-        if isinstance(net, Net):
-            nets.append(net)
-    return nets
-
-
-def _is_ipv4(text: str) -> bool:
-    try:
-        return isinstance(ipaddress.ip_address(text), ipaddress.IPv4Address)
-    except ValueError:
-        return False
-
-
-def _in_networks(address: str, nets: list[Net]) -> Net | None:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    return next((n for n in nets if ip in n), None)
-
-
-async def check_node_ip(ctx: CheckContext) -> CheckVerdict:
-    a = require_assignment(ctx)
-    nets = _node_networks(a)
-    cidrs = ", ".join(a.network.remote_node_cidrs)
-    if a.network.node_ip:
-        ip = a.network.node_ip
-        if not _is_ipv4(ip):
-            return failed(
-                f"network.node_ip {ip!r} is not an IPv4 address",
-                "set network.node_ip in the assignment to this host's IPv4 address",
-                {"node_ip": ip, "source": "assignment"},
-            )
-        net = _in_networks(ip, nets)
-        details = {"node_ip": ip, "source": "assignment", "network": str(net) if net else None}
-        if net is None:
-            return failed(
-                f"node IP {ip} (network.node_ip) is not in any remote node CIDR ({cidrs})",
-                details=details,
-            )
-        return passed(f"node IP {ip} (from the assignment) is in {net}", details)
-    addresses = [x for x in ctx.addresses if not x.startswith("127.")]
-    inside = {x: n for x in addresses if (n := _in_networks(x, nets)) is not None}
-    details_h: dict[str, Any] = {"addresses": addresses, "source": "host", "matching": list(inside)}
-    if not addresses:
-        return failed("this host has no IPv4 address outside loopback", details=details_h)
-    if not inside:
-        return failed(
-            f"none of this host's addresses ({', '.join(addresses)}) is in a remote node "
-            f"CIDR ({cidrs})",
-            details=details_h,
-        )
-    if len(inside) > 1:
-        return warned(
-            f"several host addresses are in remote node CIDRs ({', '.join(inside)}); nodeadm "
-            "picks one by resolving the hostname",
-            "set network.node_ip in the assignment to the address the node should use",
-            details_h,
-        )
-    ip, net = next(iter(inside.items()))
-    return passed(f"node IP {ip} (a host address) is in {net}", details_h)
-
-
-NODE_IP_REMEDY = (
-    "set network.node_ip in the assignment to this host's address inside a remote node "
-    "network, or add the host's network to remote_node_cidrs (and the cluster's "
-    "remoteNetworkConfig)"
-)
-
 CIDRS = Check(
     id="network.cidrs",
     title="Remote network CIDRs are valid",
@@ -186,15 +110,6 @@ CIDRS = Check(
     timeout_s=5.0,
     needs_assignment=True,
     run=check_cidrs,
-)
-
-NODE_IP = Check(
-    id="network.node_ip",
-    title="Node IP is in a remote node network",
-    remedy=NODE_IP_REMEDY,
-    timeout_s=5.0,
-    needs_assignment=True,
-    run=check_node_ip,
 )
 
 

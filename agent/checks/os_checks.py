@@ -1,9 +1,12 @@
 """``os.supported``: the host runs an OS and architecture nodeadm supports.
 
-nodeadm detects the OS by the exact ``ID`` of ``/etc/os-release`` (``ubuntu``, ``rhel``,
-``amzn``), so look-alikes (Rocky, Debian) are refused here too, before nodeadm refuses them
-halfway through an install. It also refuses ``--containerd-source distro`` on RHEL (no
-containerd package there) and ``docker`` on Amazon Linux 2023.
+nodeadm has no list of supported systems: it branches on the exact ``ID`` of
+``/etc/os-release`` (``ubuntu``, ``rhel``, ``amzn``) wherever the OS matters (package
+manager, firewall, SSM unit name, proxy files) and falls through to a RHEL-like default or an
+"unsupported operating system" error elsewhere, so a look-alike (Rocky, Debian) gets halfway
+through a join before something breaks. The list here is the one AWS documents for hybrid
+nodes. nodeadm does refuse ``--containerd-source distro`` on RHEL and ``docker`` on Amazon
+Linux 2023 outright.
 """
 
 from __future__ import annotations

@@ -10,9 +10,12 @@ from __future__ import annotations
 from agent.checks import (
     config_files,
     credentials,
+    firewall,
+    host_services,
     kubernetes,
     mounts,
     network,
+    node_ip,
     nodeadm_binary,
     os_checks,
     packages,
@@ -28,7 +31,8 @@ CHECKS: tuple[Check, ...] = (
     kubernetes.CHECK,
     credentials.CHECK,
     network.CIDRS,
-    network.NODE_IP,
+    node_ip.CHECK,
+    firewall.CHECK,
     network.ROUTE,
     system.SWAP,
     system.DISK,
@@ -36,6 +40,10 @@ CHECKS: tuple[Check, ...] = (
     system.CLOCK,
     nodeadm_binary.CHECK,
     config_files.CHECK,
+    # Beyond the contract's table: nodeadm init's own validations, judged earlier.
+    host_services.PROXY,
+    host_services.SSM_AGENT,
+    host_services.CONTAINERD_UNIT,
 )
 
 CHECK_IDS: tuple[str, ...] = tuple(c.id for c in CHECKS)

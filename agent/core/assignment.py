@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.core.errors import AgentError
+from agent.core.node_labels import refusal
 
 # ASCII digits only, and fullmatch: `$` lets "1.31\n" through, `\d` fullwidth digits.
 _VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
@@ -220,6 +221,8 @@ def parse_assignment(data: Any) -> Assignment:
             isinstance(a, str) and isinstance(b, str) for a, b in labels.items()
         ):
             raise AssignmentError("kubelet.node_labels", "must be a map of strings to strings")
+        if (problem := refusal(labels)) is not None:
+            raise AssignmentError("kubelet.node_labels", problem)
         taints = k.strings("taints")
         for t in taints:
             if not re.match(r"^[^=:\s]+(=[^:\s]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$", t):

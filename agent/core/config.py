@@ -76,6 +76,10 @@ def _minors(versions: tuple[str, ...]) -> str | None:
     return f'entries must look like "1.31", got {bad[0]!r}' if bad else None
 
 
+def _port(port: int) -> str | None:
+    return None if 1 <= port <= 65535 else f"must be a port of 1-65535, got {port}"
+
+
 def _program(name: str) -> str | None:
     return None if name else "must not be empty"
 
@@ -200,8 +204,8 @@ class ChecksConfig:
         default=EKS_BIND_MOUNTS, metadata=rule(check=_absolute_paths)
     )
     min_free_disk_gb: float = field(default=20.0, metadata=NOT_NEGATIVE)
-    # The CNI whose VXLAN port network.firewall expects open: Cilium 8472/udp, Calico 4789/udp.
-    cni: Literal["cilium", "calico"] = "cilium"
+    # The CNI's VXLAN port (UDP) network.firewall expects open: 8472 is Cilium's, 4789 Calico's.
+    vxlan_port: int = field(default=8472, metadata=rule(check=_port))
 
 
 @dataclass(frozen=True)

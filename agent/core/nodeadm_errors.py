@@ -12,6 +12,7 @@ leaves: nodeadm does not print the activation code, but an AWS error echoing a r
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -110,12 +111,25 @@ def scrub_line(line: NodeadmLine, secrets: Sequence[str]) -> NodeadmLine:
 
 
 def _ts(value: Any) -> str | None:
-    # Early nodeadm builds used zap's default epoch-float encoder; current ones ISO-8601.
+    """The line's time as the contract writes times (UTC, ``Z``).
+
+    Early nodeadm builds used zap's default epoch-float encoder; current ones ISO 8601 with
+    the host's local offset and no colon (``2025-07-29T02:42:51.330+0200``), which is only
+    UTC on hosts that run in UTC.
+    """
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return iso(float(value)) if math.isfinite(value) else None
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None  # a local time without its offset cannot be placed
+    return iso(when.timestamp())
 
 
 def parse_line(text: str) -> NodeadmLine | None:
@@ -259,75 +273,3 @@ def classify(
     if remedy and remedy.lower() not in out.lower():
         out = f"{out} {_sentence(remedy)}"
     return code, scrub(out, secrets)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_CHECK = re.compile(r"^\*\s+(?P<desc>.*?)\s*\[(?P<verdict>Success|Failed|Warning)\]\s*$", re.I)
-_DETAIL = re.compile(r"^(?P<key>Error|Remediation)\s*:\s*(?P<text>.*)$", re.I)
-_TREE = " \t│├└─|`-"
-
-
-@dataclass(frozen=True)
-class DebugItem:
-    """One check of ``nodeadm debug``: ``* <description> [Success|Failed]``."""
-
-    description: str
-    ok: bool
-    error: str | None = None
-    remediation: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "description": self.description,
-            "ok": self.ok,
-            "error": self.error,
-            "remediation": self.remediation,
-        }
-
-
-def parse_debug_output(text: str, secrets: Sequence[str] = ()) -> list[DebugItem]:
-    """The checklist ``nodeadm debug --no-color`` prints on stdout, in order.
-
-    A failed check is followed by an Error/Remediation tree whose branch characters vary
-    between builds; lines that continue a field (wrapped text) are joined to it. JSON log
-    lines interleaved from stderr are ignored.
-    """
-    items: list[dict[str, Any]] = []
-    key: str | None = None
-    for raw in _ANSI.sub("", text).splitlines():
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("{"):
-            key = None
-            continue
-        check = _CHECK.match(stripped)
-        if check:
-            items.append(
-                {
-                    "description": check["desc"],
-                    "ok": check["verdict"].lower() != "failed",
-                    "error": None,
-                    "remediation": None,
-                }
-            )
-            key = None
-            continue
-        if not items:
-            continue
-        body = stripped.lstrip(_TREE)
-        detail = _DETAIL.match(body)
-        if detail:
-            key = detail["key"].lower()
-            items[-1][key] = detail["text"].strip() or None
-        elif key is not None and raw[:1] in (" ", "\t", "│", "|"):
-            items[-1][key] = f"{items[-1][key] or ''} {body}".strip()
-        else:
-            key = None
-    return [
-        DebugItem(
-            description=scrub(i["description"], secrets),
-            ok=i["ok"],
-            error=scrub(i["error"], secrets) if i["error"] else None,
-            remediation=scrub(i["remediation"], secrets) if i["remediation"] else None,
-        )
-        for i in items
-    ]

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from agent.core.assignment import Assignment
+from agent.core.node_labels import refusal
 
 API_VERSION = "node.eks.aws/v1alpha1"
 KIND = "NodeConfig"
@@ -41,6 +42,11 @@ def _kubelet_flags(a: Assignment) -> list[str]:
             f"kubelet.flags: {names['hostname-override']!r} is not allowed: nodeadm sets "
             "--hostname-override itself and refuses a NodeConfig that sets it"
         )
+    for flag in user:
+        if _flag_name(flag) == "node-labels":
+            keys = [kv.split("=", 1)[0] for kv in flag.split("=", 1)[-1].split(",") if kv]
+            if (problem := refusal(keys)) is not None:
+                raise ValueError(f"kubelet.flags {flag!r}: {problem}")
     derived: list[str] = []
     labels = a.kubelet.node_labels
     if labels:

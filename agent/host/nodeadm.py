@@ -26,11 +26,10 @@ from typing import Any
 
 from agent.core.assignment import Assignment
 from agent.core.config import Config
+from agent.core.nodeadm_debug import DebugItem, parse_debug_output
 from agent.core.nodeadm_errors import (
-    DebugItem,
     NodeadmLine,
     classify,
-    parse_debug_output,
     parse_line,
     scrub,
     scrub_line,
@@ -51,7 +50,6 @@ from agent.host.proc import run as run_program
 
 RUN_RECORD = "nodeadm-run.json"
 SKIP_DRAINED = "pod-validation,node-validation"
-DEBUG_TIMEOUT_S = 300.0
 MAX_LINES = 2000
 _VERSION = re.compile(r"Version:\s*(\S+)")
 
@@ -228,9 +226,13 @@ class NodeadmRunner:
         """``nodeadm debug``: read-only and short, so it runs beside a step in flight.
 
         It takes neither the step lock nor the run record (a join may take half an hour,
-        and the contract runs ``nodeadm-debug`` beside exclusive commands).
+        and the contract runs ``nodeadm-debug`` beside exclusive commands). Its active-node
+        validation waits up to 5 minutes for a Ready node, so the limit is its own
+        (``nodeadm.debug_timeout_s``); when it is hit, the validations printed so far are
+        reported and the one in flight fails with the reason.
         """
         argv = [self._cfg.programs.nodeadm, "debug", "-c", _uri(config_path), "--no-color"]
+        limit = self._cfg.nodeadm.debug_timeout_s
         lines: deque[NodeadmLine] = deque(maxlen=MAX_LINES)
         secrets = self._secret_list(None)
         log_path = self.log_path("debug")
@@ -239,7 +241,7 @@ class NodeadmRunner:
             step="debug",
             log_path=log_path,
             record_path=None,
-            timeout=DEBUG_TIMEOUT_S,
+            timeout=limit,
             on_text=lambda text: self._take("debug", text, lines, secrets),
             stop=asyncio.Event(),
             env=self._env,
@@ -248,13 +250,17 @@ class NodeadmRunner:
             text = log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             text = ""
-        items = tuple(parse_debug_output(text, secrets))
+        unfinished = None
+        if result.timed_out:
+            unfinished = f"still running when nodeadm debug was stopped after {limit:g} s"
+        items = tuple(parse_debug_output(text, secrets, unfinished=unfinished))
         ok = result.exit_code == 0 and all(i.ok for i in items)
         message = None
         if not ok:
             _, message = classify(
-                "debug", result.exit_code, list(lines), result.timed_out, secrets=secrets
-            )
+                "debug", result.exit_code, list(lines), result.timed_out,
+                timeout_s=limit, secrets=secrets,
+            )  # fmt: skip
             if result.spawn_error:
                 message = result.spawn_error
         return DebugReport(ok, items, result.exit_code, message, log_path)

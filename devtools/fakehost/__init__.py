@@ -1,7 +1,7 @@
 """Stand-ins for the host programs the agent runs, and a builder for made-up hosts.
 
 Each fake (`nodeadm.py`, `systemctl.py`, `apt_get.py`, `dnf.py`, `ip.py`, `dpkg.py`,
-`timedatectl.py`, `journalctl.py`) is a script run as a real subprocess against a host root
+`timedatectl.py`, `journalctl.py`, `firewall_cmd.py`, `ufw.py`) is a script run as a real subprocess against a host root
 directory; `hosttree` builds such a root and puts wrappers for the fakes on a PATH. They use
 only the standard library and PyYAML, so they run under any python3 that has PyYAML.
 

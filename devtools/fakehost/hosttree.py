@@ -57,6 +57,8 @@ PROGRAMS: dict[str, tuple[str, str]] = {
     "dpkg": ("dpkg", "dpkg.py"),
     "timedatectl": ("timedatectl", "timedatectl.py"),
     "journalctl": ("journalctl", "journalctl.py"),
+    "firewall_cmd": ("firewall-cmd", "firewall_cmd.py"),
+    "ufw": ("ufw", "ufw.py"),
 }
 
 _OS_NAMES = {
@@ -100,7 +102,7 @@ def make_host(
     missing_mounts: Sequence[str] = (),
     index_age_s: float | None = 0.0,
     swap: str = "none",
-    routes: Sequence[tuple[str, str]] = DEFAULT_ROUTES,
+    routes: Sequence[tuple[str, ...]] = DEFAULT_ROUTES,
     systemd: bool = True,
     installed: bool = False,
     ssm_registration: str | None = None,
@@ -115,8 +117,10 @@ def make_host(
     (an ordinary host has no bind mounts there). `missing_mounts` are left out of mountinfo and
     not created; `ro_mounts` are mounted read-only (added as mounts when not bind mounts).
     `index_age_s` ages the apt lists / dnf cache; None leaves the index empty. `routes` are
-    (destination CIDR, gateway) pairs; a link route (/24 of each gateway) is added for every
-    gateway no given route already covers. `installed` adds nodeadm's tracker and binaries
+    (destination CIDR, gateway[, device]) entries (device eth0 unless named; gateway 0.0.0.0
+    makes a link route, which is how the kernel shows an interface's own network); a link
+    route (/24 of each gateway, on its device) is added for every gateway no given route
+    already covers. `installed` adds nodeadm's tracker and binaries
     for `kubernetes_version` and `credential_provider`, and marks kubelet and containerd
     active. `ssm_registration` (an `mi-…` id) writes the SSM registration for `region`.
     """
@@ -162,14 +166,18 @@ def install_fake_programs(
     """Write one wrapper per fake program into `bin_dir`; return {programs key: absolute path}.
 
     The wrappers export FAKEHOST_ROOT and NODEADM_FAKE_ROOT (the absolute `root`) and every
-    `env` entry, overriding the caller's environment: a wrapper behaves the same whoever runs
-    it. Rewrite the wrappers to change the knobs.
+    `env` entry, overriding the caller's environment, and drop the caller's proxy variables
+    (set them in `env` to test a proxy): a wrapper behaves the same whoever runs it.
+    Rewrite the wrappers to change the knobs.
     """
     bin_dir.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).resolve().parent
     absolute_root = str(root.resolve())
     exports = {"FAKEHOST_ROOT": absolute_root, "NODEADM_FAKE_ROOT": absolute_root, **(env or {})}
     lines = ["#!/bin/sh", "# written by devtools.fakehost.hosttree.install_fake_programs"]
+    # The stand-in judges proxies as nodeadm does (a proxy needs drop-ins): a proxy in the
+    # environment of whoever runs the tests must not change the made-up host's verdicts.
+    lines.append("unset HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy")
     for name, value in exports.items():
         if not _ENV_NAME.match(name):
             raise ValueError(f"not an environment variable name: {name!r}")
@@ -308,19 +316,22 @@ def _write_swap(root: Path, swap: str) -> None:
     write_file(under(root, "etc/fstab"), "\n".join(fstab) + "\n")
 
 
-def _routes(pairs: Sequence[tuple[str, str]]) -> list[procfs.Route]:
+def _routes(entries: Sequence[tuple[str, ...]]) -> list[procfs.Route]:
+    """(destination, gateway[, device]) entries; gateway 0.0.0.0 is a link route."""
     routes: list[procfs.Route] = []
-    for dest, gateway in pairs:
+    for dest, gateway, *dev in entries:
         network = IPv4Network(dest)
         metric = 100 if network.prefixlen == 0 else 0
-        routes.append(procfs.Route("eth0", network, IPv4Address(gateway), metric))
+        routes.append(
+            procfs.Route(dev[0] if dev else "eth0", network, IPv4Address(gateway), metric)
+        )
     links = [r.network for r in routes if not int(r.gateway)]
     for route in list(routes):
         gateway = route.gateway
         if int(gateway) and not any(gateway in net for net in links):
             link = IPv4Network(f"{gateway}/24", strict=False)
             links.append(link)
-            routes.append(procfs.Route("eth0", link, IPv4Address(0)))
+            routes.append(procfs.Route(route.iface, link, IPv4Address(0)))
     return routes
 
 

@@ -222,10 +222,12 @@ def _script(text: str) -> str:
     return f"#!/bin/sh\n# placeholder written by the fake nodeadm\n{text}\n"
 
 
+UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
+
+
 def containerd_unit_paths(root: Path) -> list[Path]:
     """Where systemd would find a containerd unit on the fake host."""
-    dirs = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
-    return [under(root, d) / "containerd.service" for d in dirs]
+    return [under(root, d) / "containerd.service" for d in UNIT_DIRS]
 
 
 def install_artifacts(
@@ -266,7 +268,12 @@ def install_artifacts(
         artifacts["Iptables"] = True
     if provider == "ssm":
         write_file(under(root, "opt/ssm/ssm-setup-cli"), _script("exit 0"), mode=0o755)
-        write_file(under(root, "usr/bin/amazon-ssm-agent"), _script("exit 0"), mode=0o755)
+        # ssm-setup-cli installs the snap on Ubuntu (nodeadm then drives the snap's unit,
+        # internal/ssm/daemon.go) and the rpm elsewhere.
+        for path, text in ssm_agent_files(os_id).items():
+            write_file(
+                under(root, path), text, mode=0o755 if "bin" in path or "snap/" in path else 0o644
+            )
         write_file(
             under(root, "etc/amazon/ssm/amazon-ssm-agent.json"),
             json.dumps({"Ssm": {"CredentialRetryMaxSleepSeconds": 60}}, indent=2) + "\n",
@@ -279,6 +286,21 @@ def install_artifacts(
     artifacts.update(Kubelet=True, Kubectl=True, CniPlugins=True)
     artifacts.update(ImageCredentialProvider=True, IamAuthenticator=True)
     return artifacts
+
+
+def ssm_agent_files(os_id: str) -> dict[str, str]:
+    """The SSM agent's binary and unit as ssm-setup-cli installs them on this OS."""
+    if os_id == "ubuntu":
+        return {
+            "snap/amazon-ssm-agent/current/amazon-ssm-agent": _script("exit 0"),
+            "etc/systemd/system/snap.amazon-ssm-agent.amazon-ssm-agent.service": _unit(
+                "snap.amazon-ssm-agent.amazon-ssm-agent"
+            ),
+        }
+    return {
+        "usr/bin/amazon-ssm-agent": _script("exit 0"),
+        "usr/lib/systemd/system/amazon-ssm-agent.service": _unit("amazon-ssm-agent"),
+    }
 
 
 def write_kubernetes_binaries(root: Path, kubernetes_version: str) -> None:

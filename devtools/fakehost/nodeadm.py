@@ -14,7 +14,9 @@ NODEADM_FAKE_FAIL_TIMES (fail only the first N runs of that subcommand); NODEADM
 and NODEADM_FAKE_HANG_TIMES; NODEADM_FAKE_VERSION (default v1.0.20); NODEADM_FAKE_SUPPORTED
 (default `1.30-1.36`; items `X.Y`, `X.Y.Z`, `X.Y-X.Z`); NODEADM_FAKE_REMOTE_NODE_CIDRS (init's
 node-ip-validation); NODEADM_FAKE_STALE_AFTER_S (install fails like a stale index when the
-package lists are older); NODEADM_FAKE_REQUIRE_ROOT=1; NODEADM_FAKE_LOG (JSON line per run).
+package lists are older); NODEADM_FAKE_REQUIRE_ROOT=1; NODEADM_FAKE_LOG (JSON line per run);
+NODEADM_FAKE_ACTIVE_NODE_WAIT_S (debug's wait for a node whose kubelet is not active, 300).
+Where each behaviour comes from in the real source: README.md here.
 """
 
 from __future__ import annotations
@@ -63,7 +65,11 @@ _CONFIG = Flag(
     "Source of node configuration. The format is a URI with supported schemes: [file, imds].",
 )
 _MANIFEST = Flag(
-    "m", "manifest-override", "string", "URI of a manifest to use instead of the default."
+    "m",
+    "manifest-override",
+    "string",
+    "URI to a manifest file containing custom artifact URLs. Supports file:// for local files "
+    "and https:// for remote files.",
 )
 _PRIVATE = Flag("", "private-mode", "bool", "Install without OS package repositories (air-gapped).")
 _TIMEOUT = Flag(
@@ -103,9 +109,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "uninstall": Command(
         "uninstall",
-        "Removes all components installed using the install sub-command",
+        "Uninstall components installed using the install sub-command",
         (
-            Flag("s", "skip", "slice", "Validations to skip: [pod-validation, node-validation]."),
+            Flag("s", "skip", "slice", "Phases of uninstall to skip. Allowed values: [pod-validation, node-validation]."),
             Flag("f", "force", "bool", "Also remove CNI state (/var/lib/cni, /etc/cni/net.d)."),
         ),
     ),
@@ -117,7 +123,7 @@ COMMANDS: dict[str, Command] = {
     "config": Command("config check", "Verify configuration", (_CONFIG,)),
     "sync-artifacts": Command(
         "sync-artifacts",
-        "Mirror the artifacts of a Kubernetes version to S3 for private installs",
+        "Sync EKS hybrid node dependencies directly to S3 for private installation",
         (
             Flag("", "s3-bucket", "string", "S3 bucket to upload artifacts to."),
             Flag("", "s3-prefix", "string", "Key prefix for uploaded artifacts."),

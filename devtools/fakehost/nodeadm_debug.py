@@ -1,16 +1,25 @@
-"""The checklist the fake `nodeadm debug` prints, judged from the fake host's state.
+"""The fake `nodeadm debug`: nodeadm's validations in its order, through its printer.
 
-Output on stdout, one `* <description> [Success|Failed]` line per validation (ANSI colours
-unless `--no-color`), a failed one followed by indented `Error:` and `Remediation:` lines, and
-after any failure a blank line and "Issues found during validation. Please follow the
-remediation advice above.". The Kubernetes API checks stop at their first failure, as
-nodeadm's `UntilError` group does; the others always run. `NODEADM_FAKE_FAIL=debug` fails the
-API endpoint check; NTP, swap, node IP and kubelet state come from the host tree.
+Written from aws/eks-hybrid v1.0.20 cmd/nodeadm/debug/debug.go: the credential provider's
+endpoint check, NTP, swap, ulimit, AWS authentication and proxy, then the Kubernetes API
+checks (stopping at their first failure, as the runner's UntilError does), the kubelet
+certificate, the network interface and the active-node check. Each prints through
+`Printer`, a copy of internal/validation/printer.go's format: ``* <message> `` at the
+start (no newline), ``[Success]``/``[Failed]`` at the end, and for a failure a tree of
+``Error`` nodes with the text one level down and ``Remediation`` under it. On any failure
+it prints a blank line and "Issues found during validation...". Host state decides the
+verdicts: NTP from the fake clock, swap from /proc/swaps, proxy drop-ins from the tree and
+the proxy variables in the environment, the node IP against NODEADM_FAKE_REMOTE_NODE_CIDRS,
+and the active node from kubelet's unit: when kubelet is not active the check waits
+NODEADM_FAKE_ACTIVE_NODE_WAIT_S (the real one waits 5 minutes for a Ready node) and fails.
+``NODEADM_FAKE_FAIL=debug`` makes the API endpoint unreachable.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -19,38 +28,83 @@ from pathlib import Path
 from devtools.fakehost import layout
 from devtools.fakehost.nodeadm_run import Knobs
 from devtools.fakehost.nodeconfig import NodeConfig
+from devtools.fakehost.proxy import proxy_error
 
-GREEN, RED, RESET = "\x1b[32m", "\x1b[31m", "\x1b[0m"
+GREEN, RED, BLUE, RESET = "\x1b[32m", "\x1b[31m", "\x1b[34m", "\x1b[0m"
 ISSUES = "Issues found during validation. Please follow the remediation advice above."
+TROUBLESHOOTING = (
+    "https://docs.aws.amazon.com/eks/latest/userguide/hybrid-nodes-troubleshooting.html"
+)
 
 
 @dataclass(frozen=True)
-class Item:
-    description: str
-    error: str = ""
+class Failure:
+    error: str
     remediation: str = ""
 
-    @property
-    def ok(self) -> bool:
-        return not self.error
+
+class Printer:
+    """internal/validation/printer.go's output, one error per failure (all ours have one)."""
+
+    def __init__(self, *, no_color: bool) -> None:
+        self.no_color = no_color
+
+    def _c(self, text: str, colour: str) -> str:
+        return text if self.no_color else f"{colour}{text}{RESET}"
+
+    def starting(self, message: str) -> None:
+        sys.stdout.write(f"* {message} ")
+        sys.stdout.flush()
+
+    def done(self, failure: Failure | None) -> None:
+        if failure is None:
+            print(f"[{self._c('Success', GREEN)}]")
+        else:
+            print(f"[{self._c('Failed', RED)}]")
+            print(f"  └─ {self._c('Error', RED)}")
+            print(f"     └─ {failure.error}")
+            if failure.remediation:
+                print(f"     └─ {self._c('Remediation', BLUE)}")
+                print(f"        └─ {failure.remediation}")
+        sys.stdout.flush()
 
 
 def checklist(root: Path, config: NodeConfig, knobs: Knobs, *, no_color: bool) -> bool:
-    """Print the checklist; return True when something failed."""
-    items = [*_host_items(root, config), *_api_items(knobs), *_node_items(root, config, knobs)]
+    """Run and print the validations; return True when something failed."""
+    printer = Printer(no_color=no_color)
     failed = False
-    for item in items:
-        # debug takes 5-30 s on a real host; a quarter of a step per validation here.
-        time.sleep(knobs.delay / 4)
-        word = "Success" if item.ok else "Failed"
-        if not no_color:
-            word = f"{GREEN if item.ok else RED}{word}{RESET}"
-        print(f"* {item.description} [{word}]")
-        if not item.ok:
-            failed = True
-            print(f"    Error: {item.error}")
-            print(f"    Remediation: {item.remediation}")
-        sys.stdout.flush()
+
+    def validate(message: str, judge: object) -> Failure | None:
+        nonlocal failed
+        printer.starting(message)
+        time.sleep(knobs.delay / 4)  # debug takes 5-30 s on a real host
+        failure = judge() if callable(judge) else None
+        printer.done(failure)
+        failed = failed or failure is not None
+        return failure
+
+    endpoint = "SSM" if config.provider == "ssm" else "IAM Roles Anywhere"
+    validate(f"Validating access to AWS {endpoint} API endpoint", None)
+    validate("Validating NTP synchronization status", lambda: _ntp(root))
+    validate("Validating swap configuration", lambda: _swap(root))
+    validate("Validating ulimit configuration", None)
+    validate("Validating authentication against AWS", None)
+    validate("Validating proxy configuration on the hybrid node", lambda: _proxy(root, config))
+    if validate("Validating access to Kubernetes API endpoint", lambda: _api(knobs)) is None:
+        validate("Validating unauthenticated request to Kubernetes API endpoint", None)
+        validate("Validating authenticated request to Kubernetes API endpoint", None)
+        validate("Validating Kubernetes identity matches a Node identity", None)
+        validate("Validating access to Kube-API server through VPC IPs", None)
+    validate("Validating kubelet server certificate", None)
+    if knobs.remote_node_cidrs is None:
+        validate(
+            "Skipping network interface validation due to node IAM role missing EKS "
+            "DescribeCluster permission",
+            None,
+        )
+    else:
+        validate("Validating hybrid node network interface", lambda: _node_ip(config, knobs))
+    validate("Validating active node status in Kubernetes cluster", lambda: _active(root))
     if failed:
         print("")
         print(ISSUES)
@@ -58,93 +112,89 @@ def checklist(root: Path, config: NodeConfig, knobs: Knobs, *, no_color: bool) -
     return failed
 
 
-def _host_items(root: Path, config: NodeConfig) -> list[Item]:
-    if config.provider == "ssm":
-        items = [Item("Validating access to SSM endpoint")]
-    else:
-        items = [Item("Validating access to IAM Roles Anywhere endpoint")]
+def _ntp(root: Path) -> Failure | None:
     if layout.ntp_synced(root):
-        items.append(Item("Validating NTP synchronization"))
-    else:
-        items.append(
-            Item(
-                "Validating NTP synchronization",
-                "system clock is not synchronized with NTP",
-                "Ensure chronyd or systemd-timesyncd is running and synchronized.",
-            )
-        )
-    items.append(_swap_item(root))
-    items += [
-        Item("Validating ulimits"),
-        Item("Validating AWS authentication"),
-        Item("Validating proxy configuration"),
-    ]
-    return items
+        return None
+    return Failure(
+        "validating NTP synchronization via timedatectl: System clock not synchronized",
+        "Ensure the hybrid node is synchronized with NTP by running `timedatectl set-ntp true`.",
+    )
 
 
-def _swap_item(root: Path) -> Item:
+def _swap(root: Path) -> Failure | None:
     swaps = layout.under(root, "proc/swaps")
-    kinds = [
-        line.split()[1]
-        for line in (swaps.read_text().splitlines()[1:] if swaps.exists() else [])
-        if len(line.split()) > 1
-    ]
-    description = "Validating swap is disabled"
-    remedy = "Disable swap with swapoff -a and remove swap entries from /etc/fstab."
-    if "partition" in kinds:
-        return Item(description, "partition type swap found on the host", remedy)
-    if kinds:
-        return Item(description, "swap is enabled on the host", remedy)
-    return Item(description)
+    rows = [line.split() for line in (swaps.read_text().splitlines()[1:] if swaps.exists() else [])]
+    rows = [r for r in rows if len(r) > 1]
+    if any(r[1] == "partition" for r in rows):
+        return Failure(
+            "partition swap detected on host",
+            "Nodeadm can only disable file-based swap automatically. Please manually disable "
+            "partition swap before running nodeadm init. Run 'sudo swapoff -a' to disable swap "
+            "and remove swap entries from /etc/fstab to make the change persistent.",
+        )
+    if len(rows) == 1:
+        return Failure(
+            "swap still active on host: 1 swap entries found",
+            "File-based swap should have been disabled during nodeadm init. This may indicate "
+            f"init did not complete successfully. Try running 'sudo swapoff {rows[0][0]}' and "
+            "re-run nodeadm init if needed.",
+        )
+    if rows:
+        return Failure(
+            f"swap still active on host: {len(rows)} swap entries found",
+            "All swap should be disabled before running debug. For partition swap, run 'sudo "
+            "swapoff -a' and remove entries from /etc/fstab. For file swap, this indicates "
+            "nodeadm init may not have completed successfully.",
+        )
+    return None
 
 
-def _api_items(knobs: Knobs) -> list[Item]:
-    endpoint = "Validating access to Kubernetes API server endpoint"
-    if knobs.failure("debug"):
-        return [
-            Item(
-                endpoint,
-                "dial tcp 10.100.0.25:443: i/o timeout",
-                "Ensure the node can reach the Kubernetes API server endpoint and the cluster "
-                "security group allows inbound traffic from the remote node network.",
-            )
-        ]
-    return [
-        Item(endpoint),
-        Item("Validating authenticated request to Kubernetes API server"),
-        Item("Validating node identity maps to a Kubernetes node"),
-        Item("Validating access to Kubernetes API server through VPC IPs"),
-    ]
+def _proxy(root: Path, config: NodeConfig) -> Failure | None:
+    problem = proxy_error(root, dict(os.environ), ssm=config.provider == "ssm")
+    return None if problem is None else Failure(*problem)
 
 
-def _node_items(root: Path, config: NodeConfig, knobs: Knobs) -> list[Item]:
-    items = [Item("Validating kubelet server certificate")]
+def _api(knobs: Knobs) -> Failure | None:
+    if not knobs.failure("debug"):
+        return None
+    return Failure(
+        "dialing 10.100.0.25:443: dial tcp 10.100.0.25:443: i/o timeout",
+        "Ensure your network configuration allows the node to access the Kubernetes API endpoint.",
+    )
+
+
+def _node_ip(config: NodeConfig, knobs: Knobs) -> Failure | None:
     node_ip = config.flag_value("node-ip")
-    cidrs = knobs.remote_node_cidrs
-    interface = "Validating network interface"
-    if (
-        node_ip
-        and cidrs is not None
-        and not any(ipaddress.IPv4Address(node_ip) in net for net in cidrs)
-    ):
-        listed = " ".join(str(c) for c in cidrs)
-        items.append(
-            Item(
-                interface,
-                f"node IP {node_ip} is not in any of the remote network CIDR blocks [{listed}]",
-                "Set --node-ip in the kubelet flags to an address inside the remote node networks.",
-            )
-        )
-    else:
-        items.append(Item(interface))
+    cidrs = knobs.remote_node_cidrs or []
+    if not node_ip or any(ipaddress.IPv4Address(node_ip) in net for net in cidrs):
+        return None
+    listed = " ".join(str(c) for c in cidrs)
+    return Failure(
+        f"node IP {node_ip} is not in any of the remote network CIDR blocks: [{listed}]. "
+        f"See {TROUBLESHOOTING} or use --skip node-ip-validation",
+        "Ensure the node IP is within the configured remote network CIDR blocks. Update the "
+        "remote network configuration in the EKS cluster or adjust the node's network "
+        f"configuration. See {TROUBLESHOOTING}",
+    )
+
+
+def _active(root: Path) -> Failure | None:
     if layout.unit_state(root, "kubelet") == "active":
-        items.append(Item("Validating node is active in the cluster"))
-    else:
-        items.append(
-            Item(
-                "Validating node is active in the cluster",
-                "kubelet is not running",
-                "Check the kubelet logs with journalctl -u kubelet and re-run nodeadm init.",
-            )
-        )
-    return items
+        return None
+    wait = float(os.environ.get("NODEADM_FAKE_ACTIVE_NODE_WAIT_S", "300"))
+    time.sleep(wait)
+    name = _node_name(root)
+    return Failure(
+        f"node '{name}' did not register with the cluster within timeout {wait:g}s",
+        f"Detected Hostname: {name}, verify this node's network connectivity and "
+        "authentication credentials.",
+    )
+
+
+def _node_name(root: Path) -> str:
+    """The kubelet's node name: the SSM managed instance id, else the host name."""
+    registration = layout.under(root, layout.SSM_REGISTRATION)
+    if registration.exists():
+        return str(json.loads(registration.read_text()).get("ManagedInstanceID", ""))
+    hostname = layout.under(root, "etc/hostname")
+    return hostname.read_text().strip() if hostname.exists() else "null"

@@ -259,6 +259,9 @@ def uninstall_paths(tracker: dict[str, object], *, force: bool) -> list[str]:
         paths += [
             f"/{layout.SSM_REGISTRATION}",
             "/usr/bin/amazon-ssm-agent",
+            "/usr/lib/systemd/system/amazon-ssm-agent.service",
+            "/snap/amazon-ssm-agent",
+            "/etc/systemd/system/snap.amazon-ssm-agent.amazon-ssm-agent.service",
             "/opt/ssm",
             "/etc/amazon",
             "/eks-hybrid/.aws",

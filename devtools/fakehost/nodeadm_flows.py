@@ -1,9 +1,10 @@
 """What each fake nodeadm subcommand does: its log lines, timing, failure modes and file effects.
 
-The order of checks and log lines follows nodeadm's flows (nodeadm.md §2, and the quirks of
-"What a faithful test double of nodeadm must mimic"): install validates, resolves the version
-and installs step by step against its `--timeout`; init and upgrade exit 0 without a tracker;
-uninstall exits 0 when already uninstalled; debug reports a checklist on stdout. Injected
+The order of checks and log lines follows nodeadm's flows (aws/eks-hybrid v1.0.20 cmd/nodeadm/
+and internal/flows/; devtools/fakehost/README.md maps each behaviour to its file): init checks
+the install, then the firewall's VXLAN ports, then the NodeConfig, and exits 0 without a
+tracker, as upgrade does; uninstall exits 0 when already uninstalled; debug prints its
+validations through nodeadm's printer (`nodeadm_debug`); install lives in `nodeadm_install`. Injected
 failures (`Knobs.failure`) and hangs (`Knobs.hangs`) happen where the real ones would.
 """
 
@@ -11,19 +12,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from devtools.fakehost import layout, nodeadm_files, nodeconfig
+from devtools.fakehost.firewall import vxlan_port_open
 from devtools.fakehost.layout import under
 from devtools.fakehost.nodeadm_debug import checklist
 from devtools.fakehost.nodeadm_run import (
     Clock,
     CommandError,
-    DeadlineExceeded,
     Knobs,
     Log,
     SilentFailure,
@@ -32,6 +32,7 @@ from devtools.fakehost.nodeadm_run import (
     resolve_version,
     spawn_hung_child,
 )
+from devtools.fakehost.proxy import proxy_error
 
 CONFIG_REQUIRED = (
     "--config-source is a required flag. The format is a URI with supported schemes: "
@@ -87,6 +88,10 @@ class Run:
 
 
 def run(inv: Invocation, knobs: Knobs, log: Log) -> int:
+    # install has its own module (upgrade reuses its artifact steps); imported here, not at
+    # the top, because it builds on this module's Run.
+    from devtools.fakehost.nodeadm_install import install
+
     handlers: dict[str, Callable[[Run], int]] = {
         "install": install,
         "init": init,
@@ -126,193 +131,6 @@ def _load_config(run: Run, *, validate: bool = True) -> nodeconfig.NodeConfig:
     return config
 
 
-def install(run: Run) -> int:
-    run.log.component = "install/install.go"
-    _require_root(run)
-    values = run.inv.values
-    provider = values.get("credential-provider")
-    if not provider:
-        raise Usage("--credential-provider is a required flag. Allowed values are ssm & iam-ra")
-    if provider not in ("ssm", "iam-ra"):
-        raise CommandError("invalid credential process provided. Valid options are ssm and iam-ra")
-    source = str(values.get("containerd-source") or "distro")
-    _validate_containerd_source(run, source)
-    if values.get("private-mode") and not values.get("manifest-override"):
-        raise CommandError("--manifest-override is required when --private-mode is set")
-    _check_manifest_override(values.get("manifest-override"))
-    run.log.info("Creating package manager...")
-    clock = _timeout(run, "20m")
-    wanted = run.inv.positionals[0]
-    run.log.info("Validating Kubernetes version", version=wanted)
-    _check_region(str(values.get("region") or "us-west-2"))
-    version = resolve_version(wanted, run.knobs.supported)
-    run.log.info("Using Kubernetes version", version=version)
-    mode = run.knobs.failure("install")
-    hang = run.knobs.hangs("install")
-    run.log.component = "flows/install.go"
-    run.log.info("Configuring package manager. This might take a while...")
-    apt = layout.uses_apt(run.os_id)
-    marker = under(run.root, f"{layout.DPKG_UPDATES}/0001")
-    try:
-        run.log.info("Installing containerd...")
-        if apt:
-            # dpkg's journal of a half-configured package: what a kill mid-install leaves.
-            layout.write_file(marker, "Package: containerd\nStatus: install ok half-configured\n")
-        _install_containerd(run, clock, source, mode, hang)
-        run.step(clock, "Installing iptables...", "failed to install iptables")
-        if mode == "generic":
-            pm = "apt" if apt else "yum"
-            raise CommandError(
-                f"failed to install iptables: running command [{pm} install -y iptables]: "
-                f"exit status 100 {SIMULATED}"
-            )
-        _install_credential_process(run, clock, str(provider))
-        _install_eks_artifacts(run, clock, mode, version)
-    except DeadlineExceeded:
-        raise  # a killed apt leaves dpkg half-configured
-    except CommandError:
-        marker.unlink(missing_ok=True)
-        raise
-    run.log.info("Finishing up install...")
-    previous = layout.read_tracker(run.root) or {}
-    artifacts = layout.install_artifacts(
-        run.root,
-        kubernetes_version=version,
-        provider=str(provider),
-        containerd_source=source,
-        os_id=run.os_id,
-    )
-    # nodeadm starts from the current tracker: a re-install that finds containerd (or
-    # iptables) already there keeps the mark of having installed it the first time.
-    for key, value in previous.items():
-        if artifacts.get(key) in (False, "none") and value not in (False, "none"):
-            artifacts[key] = value
-    layout.write_tracker(run.root, artifacts)
-    marker.unlink(missing_ok=True)
-    return 0
-
-
-def _validate_containerd_source(run: Run, source: str) -> None:
-    if source not in ("none", "distro", "docker"):
-        raise CommandError(
-            f"invalid containerd source: {source}. Allowed values are [none, distro, docker]"
-        )
-    os_id = run.os_id
-    if source == "docker" and os_id == "amzn":
-        raise CommandError(
-            "docker source for containerd is not supported on AL2023. "
-            "Please provide `none` or `distro` to the --containerd-source flag"
-        )
-    if source == "distro" and os_id == "rhel":
-        raise CommandError(
-            "distro source for containerd is not supported on RHEL. "
-            "Please provide `none` or `docker` to the --containerd-source flag"
-        )
-
-
-def _check_manifest_override(value: object) -> None:
-    if not value:
-        return
-    text = str(value)
-    if text.startswith("file://"):
-        path = text.removeprefix("file://")
-        if not Path(path).is_file():
-            raise CommandError(f"reading manifest override: open {path}: no such file or directory")
-    elif not text.startswith("https://"):
-        raise CommandError(f"unsupported manifest override scheme: {text}")
-
-
-def _check_region(region: str) -> None:
-    parts = region.split("-")
-    if len(parts) < 3 or not parts[-1].isdigit() or not all(p.isalpha() for p in parts[:-1]):
-        raise CommandError(f"region {region} not found in manifest")
-
-
-def _install_containerd(run: Run, clock: Clock, source: str, mode: str | None, hang: bool) -> None:
-    root = run.root
-    apt = layout.uses_apt(run.os_id)
-    package = "containerd.io" if source == "docker" else "containerd"
-    command = f"{'apt' if apt else 'yum'} install {package}"
-    failed = f"failed to install containerd: context deadline exceeded: running command [{command}]"
-    if hang:
-        run.hang(clock, "failed to install containerd")
-    present = under(root, "usr/bin/containerd").exists() and under(root, "usr/bin/runc").exists()
-    if source != "none" and not present:
-        try:
-            if mode == "stale_index" or _index_stale(run):
-                missing = "Unable to locate package" if apt else "No match for argument:"
-                while True:
-                    run.log.warn(
-                        "Command failed, retrying",
-                        command=command,
-                        error=f"exit status 100, output: E: {missing} {package}",
-                    )
-                    clock.sleep(run.knobs.delay, "retrying")
-            lock_retries = 3 if mode == "apt_lock" else 0
-            while apt and (lock_retries > 0 or layout.dpkg_lock_held(root)):
-                run.log.warn(
-                    "Command failed, retrying",
-                    command=command,
-                    error="exit status 100, output: E: Could not get lock "
-                    "/var/lib/dpkg/lock-frontend. It is held by process 2345 (unattended-upgr)",
-                )
-                clock.sleep(run.knobs.delay, "retrying")
-                lock_retries -= 1
-        except DeadlineExceeded:
-            raise DeadlineExceeded(failed) from None
-    clock.sleep(run.knobs.delay, "failed to install containerd")
-
-
-def _index_stale(run: Run) -> bool:
-    limit = run.knobs.stale_after_s
-    if limit is None:
-        return False
-    apt = layout.uses_apt(run.os_id)
-    directory = under(run.root, layout.APT_LISTS if apt else layout.DNF_CACHE)
-    mtimes = [
-        p.stat().st_mtime
-        for p in directory.rglob("*")
-        if p.is_file() and p.name != "lock" and "partial" not in p.parts
-    ]
-    return not mtimes or time.time() - max(mtimes) > limit
-
-
-def _install_credential_process(run: Run, clock: Clock, provider: str) -> None:
-    if provider == "iam-ra":
-        run.step(clock, "Installing AWS signing helper...", "failed to install aws_signing_helper")
-        return
-    run.step(clock, "Installing SSM agent installer...", "failed to install ssm-setup-cli")
-    if run.knobs.version_tuple() < (1, 0, 19):
-        # The SSM installer's GPG key embedded in nodeadm <= v1.0.18 expired (issue #864).
-        raise CommandError(
-            "validating ssm-setup-cli signature: Signature Verification Error: No matching signature"
-        )
-
-
-def _install_eks_artifacts(run: Run, clock: Clock, mode: str | None, version: str) -> None:
-    if mode == "download":
-        raise CommandError(
-            "failed reading file from url: https://hybrid-assets.eks.amazonaws.com/releases/"
-            f"v{version}/bin/linux/amd64/kubelet: max retries achieved for http request"
-        )
-    run.log.info("Installing kubelet...")
-    if mode == "checksum":
-        raise CommandError(
-            "failed to install kubelet: checksum mismatch for kubelet: expected sha256 "
-            "3f9a1c0e7b2d4f6a8c0e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a, got "
-            "0b4e8d2a6c1f5e9b3d7a1c5f9e3b7d1a5c9f3e7b1d5a9c3f7e1b5d9a3c7f1e5b"
-        )
-    clock.sleep(run.knobs.delay, "failed to install kubelet")
-    run.step(clock, "Installing kubectl...", "failed to install kubectl")
-    run.step(clock, "Installing cni-plugins...", "failed to install cni-plugins")
-    run.step(
-        clock,
-        "Installing image credential provider...",
-        "failed to install image credential provider",
-    )
-    run.step(clock, "Installing IAM authenticator...", "failed to install aws-iam-authenticator")
-
-
 def init(run: Run) -> int:
     run.log.component = "init/init.go"
     _require_root(run)
@@ -320,11 +138,27 @@ def init(run: Run) -> int:
         raise Usage(CONFIG_REQUIRED)
     skip = run.inv.skip()
     if "install-validation" not in skip:
+        run.log.info("Loading installed components")
         if layout.read_tracker(run.root) is None:
-            run.log.info("Nodeadm components are not installed. Please run `nodeadm install` first")
+            # The quirk the agent must know: nothing installed is a success (exit 0).
+            run.log.info(
+                "Nodeadm components are not installed. Please run `nodeadm install` before "
+                "running init"
+            )
             return 0
         if not any(p.exists() for p in layout.containerd_unit_paths(run.root)):
-            raise CommandError("containerd daemon not found")
+            raise CommandError(
+                "a systemd unit file for containerd is required to init the node: "
+                "containerd daemon not found"
+            )
+    if "cni-validation" not in skip:
+        run.log.info("Validating firewall ports for cilium and calico")
+        if not vxlan_port_open(run.root, run.os_id):
+            raise CommandError(
+                "Cilium (8472/udp) or Calico (4789/udp) VxLan ports are not open on the host. "
+                "If you are not using VxLan, this validation can by bypassed with --skip "
+                "cni-validation"
+            )
     if not under(run.root, "run/systemd/system").is_dir():
         raise CommandError(
             "failed to connect to systemd: dial unix /run/systemd/private: "
@@ -416,27 +250,70 @@ def _configure_aws(run: Run, clock: Clock, config: nodeconfig.NodeConfig, mode: 
                 "invalid SSM activation. Please use a valid activation code, activation id and region"
             )
     node_name, _ = nodeadm_files.register_ssm(root, region)
-    layout.set_unit(root, nodeadm_files.ssm_agent_unit(run.os_id), "active")
+    unit = nodeadm_files.ssm_agent_unit(run.os_id)
+    if not any(under(root, f"{d}/{unit}.service").exists() for d in layout.UNIT_DIRS):
+        # A .deb agent on Ubuntu has no snap unit: enabling it fails (internal/ssm/daemon.go).
+        raise CommandError(f"Unit file {unit}.service does not exist.")
+    layout.set_unit(root, unit, "active")
     nodeadm_files.write_ssm_credentials(root)
     return node_name
 
 
 def _runtime_validations(run: Run, config: nodeconfig.NodeConfig, skip: set[str]) -> None:
+    """internal/node/hybrid/hybrid.go Validate: every validation runs and logs through the
+    LoggerPrinter; the failures are joined into one error at the end."""
+    failures: list[str] = []
+
+    def validate(name: str, message: str, problem: tuple[str, str] | None) -> None:
+        if name in skip:
+            return
+        run.log.info("Starting validation", validation=name, message=message)
+        if problem is None:
+            run.log.info("Validation passed", validation=name)
+            return
+        run.log.error(
+            "Validation failed", validation=name, error=problem[0], remediation=problem[1]
+        )
+        failures.append(problem[0])
+
+    validate(
+        "node-ip-validation",
+        "Validating hybrid node network interface",
+        _node_ip_problem(run, config),
+    )
+    name = config.cluster["name"]
+    cert = None
+    if nodeadm_files.stale_serving_cert(run.root, name):
+        path = f"/{nodeadm_files.SERVING_CERT}"
+        cert = (
+            "validating kubelet certificate: certificate is not valid for the current cluster: "
+            "x509: certificate signed by unknown authority",
+            f'Please remove the kubelet server certificate file {path} or use "--skip '
+            'kubelet-cert-validation" if this is expected',
+        )
+    validate("kubelet-cert-validation", "Validating kubelet server certificate", cert)
+    proxy = proxy_error(run.root, dict(os.environ), ssm=config.provider == "ssm")
+    validate("proxy-validation", "Validating proxy configuration on the hybrid node", proxy)
+    if failures:
+        joined = "\n".join(failures)
+        run.log.error("Hybrid node validation failures detected", error=joined)
+        raise CommandError(joined)
+
+
+def _node_ip_problem(run: Run, config: nodeconfig.NodeConfig) -> tuple[str, str] | None:
     node_ip = config.flag_value("node-ip")
     cidrs = run.knobs.remote_node_cidrs
-    if "node-ip-validation" not in skip and node_ip and cidrs is not None:
-        run.log.info("Validating node IP", nodeIP=node_ip)
-        if not any(ipaddress.IPv4Address(node_ip) in net for net in cidrs):
-            listed = " ".join(str(c) for c in cidrs)
-            raise CommandError(
-                f"node IP {node_ip} is not in any of the remote network CIDR blocks [{listed}]"
-            )
-    name = config.cluster["name"]
-    if "kubelet-cert-validation" not in skip and nodeadm_files.stale_serving_cert(run.root, name):
-        raise CommandError(
-            "validating kubelet certificate: x509: certificate signed by unknown authority; "
-            f"remove /{nodeadm_files.SERVING_CERT} or use --skip kubelet-cert-validation"
-        )
+    if not node_ip or cidrs is None or any(ipaddress.IPv4Address(node_ip) in n for n in cidrs):
+        return None
+    docs = "https://docs.aws.amazon.com/eks/latest/userguide/hybrid-nodes-troubleshooting.html"
+    listed = " ".join(str(c) for c in cidrs)
+    return (
+        f"node IP {node_ip} is not in any of the remote network CIDR blocks: [{listed}]. "
+        f"See {docs} or use --skip node-ip-validation",
+        "Ensure the node IP is within the configured remote network CIDR blocks. Update the "
+        "remote network configuration in the EKS cluster or adjust the node's network "
+        f"configuration. See {docs}",
+    )
 
 
 def upgrade(run: Run) -> int:
@@ -470,7 +347,9 @@ def upgrade(run: Run) -> int:
     run.step(clock, f"Upgrading {cred}...", f"upgrading {cred}")
     if mode == "generic":
         raise CommandError(f"upgrading kubelet: exit status 1 {SIMULATED}")
-    _install_eks_artifacts(run, clock, mode, version)
+    from devtools.fakehost.nodeadm_install import install_eks_artifacts  # see run()
+
+    install_eks_artifacts(run, clock, mode, version)
     layout.write_kubernetes_binaries(run.root, version)
     _configure_node(run, clock, config, None, skip)
     return 0

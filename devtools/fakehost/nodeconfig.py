@@ -25,12 +25,27 @@ STR = "string"
 BOOL = "bool"
 STRINGS = "[]string"
 MAP = "map"
-# The Go types' JSON field names; nested dicts are structs, strings are leaf types.
+# The JSON field names of hybrid nodeadm's internal NodeConfig (aws/eks-hybrid v1.0.20
+# internal/api/types.go), which file:// sources decode strictly into: nested dicts are
+# structs, strings leaf types. EC2 nodeadm's fields (featureGates, containerd's
+# baseRuntimeSpec, localStorage's mountPath and disabledMounts) are not there: hybrid
+# nodeadm refuses them as unknown.
 SCHEMA: dict[str, Any] = {
     "apiVersion": STR,
     "kind": STR,
     "metadata": MAP,
-    "status": MAP,
+    "status": {
+        "instance": {
+            "id": STR,
+            "region": STR,
+            "type": STR,
+            "availabilityZone": STR,
+            "mac": STR,
+            "privateDnsName": STR,
+        },
+        "hybrid": {"nodeName": STR},
+        "default": {"sandboxImage": STR},
+    },
     "spec": {
         "cluster": {
             "name": STR,
@@ -41,10 +56,9 @@ SCHEMA: dict[str, Any] = {
             "enableOutpost": BOOL,
             "id": STR,
         },
-        "containerd": {"config": STR, "baseRuntimeSpec": MAP},
-        "instance": {"localStorage": {"strategy": STR, "mountPath": STR, "disabledMounts": ANY}},
+        "containerd": {"config": STR},
+        "instance": {"localStorage": {"strategy": STR}},
         "kubelet": {"config": MAP, "flags": STRINGS},
-        "featureGates": MAP,
         "hybrid": {
             "enableCredentialsFile": BOOL,
             "ssm": {"activationCode": STR, "activationId": STR},
@@ -174,7 +188,10 @@ def _check(value: Any, schema: Any, path: str) -> None:
         for key, child in value.items():
             child_path = f"{path}.{key}" if path else str(key)
             if key not in schema:
-                raise ConfigError(f'strict decoding error: unknown field "{child_path}"')
+                # sigs.k8s.io/yaml UnmarshalStrict over encoding/json: the field, not its path.
+                raise ConfigError(
+                    f'error unmarshaling JSON: while decoding JSON: json: unknown field "{key}"'
+                )
             _check(child, schema[key], child_path)
         return
     expected = {STR: str, BOOL: bool, MAP: dict}.get(schema)
@@ -243,15 +260,13 @@ def _validate_ssm(ssm: dict[str, Any]) -> None:
         raise ConfigError("ActivationCode is missing in hybrid ssm configuration")
     if not activation_id:
         raise ConfigError("ActivationID is missing in hybrid ssm configuration")
+    # nodeadm prints the activation code itself here (the agent scrubs it from what it keeps).
     if not 20 <= len(code) <= 250:
-        raise ConfigError(
-            "ActivationCode is invalid in hybrid ssm configuration: "
-            f"length must be between 20 and 250 characters, got {len(code)}"
-        )
+        raise ConfigError(f"invalid ActivationCode format: {code}. Must be 20-250 characters")
     if not UUID.match(activation_id):
         raise ConfigError(
-            "ActivationID is invalid in hybrid ssm configuration: "
-            "must be a lowercase UUID (8-4-4-4-12 hexadecimal characters)"
+            f"invalid ActivationID format: {activation_id}. Must be in format: "
+            "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
         )
 
 
@@ -293,15 +308,15 @@ def _validate_iam_ra(ira: dict[str, Any], root: Path, now: datetime) -> None:
 
 
 def _validate_node_ip(value: str) -> None:
+    # internal/network/utils.go ExtractNodeIPFromFlags (run by node-ip-validation).
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
         address = None
-    if address is None or address.version != 4:
-        raise ConfigError(
-            f'invalid --node-ip kubelet flag value "{value}": hybrid nodes require exactly '
-            "one IPv4 address"
-        )
+    if address is None:
+        raise ConfigError(f"invalid ip {value} in --node-ip flag. only 1 IPv4 address is allowed")
+    if address.version != 4:
+        raise ConfigError(f"invalid IPv6 address {value} in --node-ip flag. only IPv4 is supported")
 
 
 def certificate_validity(pem: bytes, name: str) -> tuple[datetime, datetime]:

@@ -125,7 +125,6 @@ async def test_iam_ra_valid_certificate_passes(tmp_path: Path, root: Path) -> No
             {"not_before": dt.datetime.now(dt.UTC) + dt.timedelta(days=3)},
             "is this host's clock behind?",
         ),
-        ({"cn": "someone-else"}, "certificate CN 'someone-else' differs from node_name"),
         ({"other_key": True}, "does not belong to certificate"),
         ({"encrypted": True}, "is encrypted"),
     ],
@@ -137,6 +136,16 @@ async def test_iam_ra_certificate_problems(
     r = await one(context(config(tmp_path, root), ira_assignment()), "credentials")
     assert r.status is CheckStatus.FAIL
     assert expected in r.message
+
+
+async def test_iam_ra_certificate_cn_other_than_node_name_warns(tmp_path: Path, root: Path) -> None:
+    # aws/eks-hybrid v1.0.20: internal/iamrolesanywhere/ never compares the CN with nodeName;
+    # only the recommended trust policy ties the session name to the CN.
+    write_cert(root, cn="someone-else")
+    r = await one(context(config(tmp_path, root), ira_assignment()), "credentials")
+    assert r.status is CheckStatus.WARN, r
+    assert "certificate CN 'someone-else' differs from node_name" in r.message
+    assert "trust policy" in r.remedy
 
 
 async def test_iam_ra_expiring_soon_warns(tmp_path: Path, root: Path) -> None:

@@ -182,37 +182,3 @@ async def test_cidr_problems_are_all_reported(tmp_path: Path) -> None:
     assert any("fd00::/64 is IPv6" in p for p in problems)
     assert any("'nonsense' is not a CIDR" in p for p in problems)
     assert "IPv4 RFC 1918" in r.remedy
-
-
-async def test_node_ip_from_the_assignment(tmp_path: Path) -> None:
-    root = host_with_routes(tmp_path, [("0.0.0.0/0", "172.16.0.1")])
-    cfg = config(tmp_path, root)
-    inside = await one(context(cfg, assignment(network__node_ip="10.200.1.5")), "network.node_ip")
-    assert inside.status is CheckStatus.PASS
-    assert "10.200.0.0/16" in inside.message
-    outside = await one(context(cfg, assignment(network__node_ip="203.0.113.5")), "network.node_ip")
-    assert outside.status is CheckStatus.FAIL
-    assert outside.message == (
-        "node IP 203.0.113.5 (network.node_ip) is not in any remote node CIDR (10.200.0.0/16)"
-    )
-    assert "network.node_ip" in outside.remedy
-
-
-async def test_node_ip_from_the_host_addresses(tmp_path: Path) -> None:
-    root = host_with_routes(tmp_path, [("0.0.0.0/0", "172.16.0.1")])
-    cfg = config(tmp_path, root)
-    a = assignment()
-    r = await one(
-        context(cfg, a, addresses=("127.0.0.1", "192.168.1.7", "10.200.3.4")), "network.node_ip"
-    )
-    assert r.status is CheckStatus.PASS
-    assert "10.200.3.4" in r.message
-    r = await one(context(cfg, a, addresses=("192.168.1.7", "100.64.0.9")), "network.node_ip")
-    assert r.status is CheckStatus.FAIL
-    assert "none of this host's addresses (192.168.1.7, 100.64.0.9)" in r.message
-    r = await one(context(cfg, a, addresses=("10.200.3.4", "10.200.9.9")), "network.node_ip")
-    assert r.status is CheckStatus.WARN
-    assert "set network.node_ip" in r.remedy
-    r = await one(context(cfg, a, addresses=("127.0.0.1",)), "network.node_ip")
-    assert r.status is CheckStatus.FAIL
-    assert "no IPv4 address" in r.message

@@ -22,6 +22,7 @@ CONTRACT_ORDER = (
     "credentials",
     "network.cidrs",
     "network.node_ip",
+    "network.firewall",
     "network.route_to_vpc",
     "system.swap",
     "system.disk",
@@ -30,7 +31,7 @@ CONTRACT_ORDER = (
     "nodeadm.binary",
 )
 # The agent's own checks, after the published table's.
-EXTENSIONS = ("config.files",)
+EXTENSIONS = ("config.files", "nodeadm.proxy", "nodeadm.ssm_agent", "nodeadm.containerd_unit")
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def test_defaults_match_the_published_key_table() -> None:
     assert cfg.commands.max_bytes == 65536 and cfg.commands.max_ttl_s == 3600
     assert cfg.commands.max_skew_s == 300 and cfg.commands.allow_unsigned is False
     assert cfg.checks.bind_mounts[0] == "/eks-hybrid" and len(cfg.checks.bind_mounts) == 7
-    assert cfg.checks.refresh_package_index == "auto" and cfg.checks.cni == "cilium"
+    assert cfg.checks.refresh_package_index == "auto" and cfg.checks.vxlan_port == 8472
     assert cfg.kubernetes.supported_versions == tuple(f"1.{m}" for m in range(30, 37))
     assert cfg.nodeadm.config_path == Path("/etc/edge-agent/nodeconfig.yaml")
     assert (cfg.nodeadm.install_timeout_s, cfg.nodeadm.init_timeout_s) == (1800, 1200)
@@ -83,7 +83,9 @@ BAD = [
     (with_("join", retry_backoff_s=True), "join.retry_backoff_s", "must be a number, got a boolean"),
     (with_("log", level="loud"), "log.level", "one of debug, info, warning, error"),
     (with_("checks", min_free_disk_gb=-5), "checks.min_free_disk_gb", "at least 0"),
-    (with_("checks", cni="flannel"), "checks.cni", "one of cilium, calico"),
+    (with_("checks", vxlan_port="flannel"), "checks.vxlan_port", "must be a number, got a string"),
+    (with_("checks", vxlan_port=70000), "checks.vxlan_port", "port of 1-65535, got 70000"),
+    (with_("checks", cni="cilium"), "checks.cni", "unknown key"),
     (with_("checks", bind_mounts=["/a", "b"]), "checks.bind_mounts", "absolute paths, got 'b'"),
     (with_("kubernetes", supported_versions=[1.3]), "kubernetes.supported_versions", "list of strings"),
     (with_("kubernetes", supported_versions=["1.31.2"]), "kubernetes.supported_versions", "look like"),

@@ -39,6 +39,8 @@ from devtools.fakehost import (
     set_ntp_synced,
     set_unit,
 )
+from devtools.fakehost import layout as fakelayout
+from devtools.fakehost.firewall import set_firewalld, set_ufw
 
 FAKEHOST = Path(__file__).resolve().parents[2] / "devtools" / "fakehost"
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -332,13 +334,18 @@ def test_init_without_tracker_exits_0_and_writes_nothing(host: Host) -> None:
 @pytest.mark.parametrize(
     ("change", "error"),
     [
-        (lambda s: s["hybrid"]["ssm"].update(foo=1), 'unknown field "spec.hybrid.ssm.foo"'),
-        (lambda s: s["hybrid"]["ssm"].update(activationCode="short"), "between 20 and 250"),
-        (lambda s: s["hybrid"]["ssm"].update(activationId=ACTIVATION_ID.upper()), "lowercase UUID"),
+        # aws/eks-hybrid v1.0.20: internal/configprovider/file.go decodes strictly
+        # (internal/api/bridge/decode.go) into internal/api/types.go, which lacks EC2's fields.
+        (lambda s: s["hybrid"]["ssm"].update(foo=1), 'json: unknown field "foo"'),
+        (lambda s: s.update(featureGates={"InstanceIdNodeName": True}), 'json: unknown field "featureGates"'),
+        (lambda s: s.update(instance={"localStorage": {"strategy": "RAID0", "mountPath": "/m"}}), 'unknown field "mountPath"'),
+        (lambda s: s.update(containerd={"baseRuntimeSpec": {}}), 'unknown field "baseRuntimeSpec"'),
+        (lambda s: s["hybrid"]["ssm"].update(activationCode="short"), "invalid ActivationCode format: short. Must be 20-250 characters"),
+        (lambda s: s["hybrid"]["ssm"].update(activationId=ACTIVATION_ID.upper()), "invalid ActivationID format"),
         (lambda s: s["cluster"].pop("region"), "Region is missing in cluster configuration"),
         (lambda s: s["kubelet"].update(flags="--v=2"), "cannot unmarshal string"),
         (lambda s: s["kubelet"]["flags"].append("--hostname-override=x"), "hostname-override kubelet flag is not supported"),
-        (lambda s: s["kubelet"]["flags"].append("--node-ip=fd00::5"), "exactly one IPv4 address"),
+        (lambda s: s["kubelet"]["flags"].append("--node-ip=fd00::5"), "invalid IPv6 address fd00::5 in --node-ip flag. only IPv4 is supported"),
         (lambda s: s["hybrid"].update(iamRolesAnywhere={"nodeName": "n"}), "Only one of IAMRolesAnywhere or SSM"),
     ],
 )  # fmt: skip
@@ -354,6 +361,64 @@ def test_init_rejects_a_bad_nodeconfig(installed: Host, change: Any, error: str)
     result = installed.run("nodeadm", "init", "-c", installed.nodeconfig(spec))
     assert error in fatal(result)
     assert not (installed.root / "var/lib/amazon/ssm/registration").exists()
+
+
+def test_init_cni_validation_follows_the_firewall_nodeadm_asks(tmp_path: Path) -> None:
+    # aws/eks-hybrid v1.0.20: cmd/nodeadm/init/init.go (cni-validation right after
+    # install-validation), internal/system/ports.go (firewalld unless Ubuntu) and
+    # internal/firewall/firewalld.go (reload before the query drops runtime-only ports).
+    root = tmp_path / "rhel"
+    make_host(root, os_id="rhel", version_id="9.4", installed=True)
+    rhel = Host(root, tmp_path / "rhel-bin", tmp_path)
+    set_firewalld(root, running=True, permanent=("22/tcp",), runtime=("8472/udp",))
+    uri = rhel.nodeconfig()
+    assert fatal(rhel.run("nodeadm", "init", "-c", uri)) == (
+        "Cilium (8472/udp) or Calico (4789/udp) VxLan ports are not open on the host. If you "
+        "are not using VxLan, this validation can by bypassed with --skip cni-validation"
+    )
+    assert not (root / "var/lib/amazon/ssm/registration").exists()
+    set_firewalld(root, running=True, permanent=("4789/udp",))
+    assert rhel.run("nodeadm", "init", "-c", uri).returncode == 0
+    # The same closed firewalld on Ubuntu is not asked: ufw is, and it is inactive.
+    ubuntu = tmp_path / "ubuntu"
+    make_host(ubuntu, installed=True)
+    set_firewalld(ubuntu, running=True)
+    host = Host(ubuntu, tmp_path / "ubuntu-bin", tmp_path)
+    assert host.run("nodeadm", "init", "-c", uri).returncode == 0
+    set_ufw(ubuntu, active=True, rules=("22/tcp ALLOW Anywhere",))
+    assert "VxLan ports are not open" in fatal(host.run("nodeadm", "init", "-c", uri))
+    skipped = host.run("nodeadm", "init", "-c", uri, "--skip", "cni-validation")
+    assert skipped.returncode == 0, skipped.stderr
+
+
+def test_init_without_a_containerd_unit_says_why(installed: Host) -> None:
+    # aws/eks-hybrid v1.0.20: cmd/nodeadm/init/init.go wraps ValidateSystemdUnitFile's error.
+    for unit in fakelayout.containerd_unit_paths(installed.root):
+        unit.unlink(missing_ok=True)
+    assert fatal(installed.run("nodeadm", "init", "-c", installed.nodeconfig())) == (
+        "a systemd unit file for containerd is required to init the node: containerd daemon "
+        "not found"
+    )
+
+
+def test_init_proxy_validation_wants_the_drop_ins(installed: Host) -> None:
+    # aws/eks-hybrid v1.0.20: internal/network/proxy_validator.go, run by init's
+    # proxy-validation (internal/node/hybrid/hybrid.go).
+    uri = installed.nodeconfig()
+    env = {"HTTP_PROXY": "http://proxy.example:3128"}
+    error = fatal(installed.run("nodeadm", "init", "-c", uri, env=env))
+    assert error == "apt proxy configuration file not found: /etc/apt/apt.conf.d/proxy.conf"
+    skipped = installed.run("nodeadm", "init", "-c", uri, "--skip", "proxy-validation", env=env)
+    assert skipped.returncode == 0, skipped.stderr
+
+
+def test_init_on_ubuntu_needs_the_snap_ssm_agent(installed: Host) -> None:
+    # aws/eks-hybrid v1.0.20: internal/ssm/daemon.go (setDaemonName: the snap unit on Ubuntu).
+    assert (installed.root / "snap/amazon-ssm-agent/current/amazon-ssm-agent").exists()
+    snap_unit = "etc/systemd/system/snap.amazon-ssm-agent.amazon-ssm-agent.service"
+    (installed.root / snap_unit).unlink()  # as on a host whose agent came from a .deb
+    error = fatal(installed.run("nodeadm", "init", "-c", installed.nodeconfig()))
+    assert error == "Unit file snap.amazon-ssm-agent.amazon-ssm-agent.service does not exist."
 
 
 def test_init_reads_only_file_uris(installed: Host) -> None:
@@ -482,9 +547,16 @@ def test_init_checks_the_node_ip_against_remote_node_cidrs(installed: Host) -> N
     }
     uri = installed.nodeconfig(spec)
     env = {"NODEADM_FAKE_REMOTE_NODE_CIDRS": "10.0.0.0/16,192.168.0.0/16"}
-    assert fatal(installed.run("nodeadm", "init", "-c", uri, env=env)) == (
-        "node IP 10.18.0.1 is not in any of the remote network CIDR blocks [10.0.0.0/16 192.168.0.0/16]"
+    # aws/eks-hybrid v1.0.20: internal/node/hybrid/hybrid.go (LoggerPrinter lines, failures
+    # joined) and internal/network/utils.go (the message).
+    result = installed.run("nodeadm", "init", "-c", uri, env=env)
+    assert fatal(result).startswith(
+        "node IP 10.18.0.1 is not in any of the remote network CIDR blocks: "
+        "[10.0.0.0/16 192.168.0.0/16]. See https://docs.aws.amazon.com/"
     )
+    failed = [x for x in logs(result.stderr) if x["msg"] == "Validation failed"]
+    assert failed[0]["validation"] == "node-ip-validation"
+    assert failed[0]["remediation"].startswith("Ensure the node IP is within the configured")
     skipped = installed.run(
         "nodeadm", "init", "-c", uri, "--skip", "node-ip-validation,bogus", env=env
     )
@@ -688,29 +760,57 @@ def test_uninstall_of_a_running_node_needs_the_drain_skips(installed: Host) -> N
     assert result.returncode == 0, result.stderr
 
 
-def test_debug_prints_a_checklist(installed: Host) -> None:
+def test_debug_prints_the_real_printer_tree(installed: Host) -> None:
+    # aws/eks-hybrid v1.0.20: cmd/nodeadm/debug/debug.go (order, closing lines, silent
+    # exit 1), internal/validation/printer.go (the tree), internal/system/ntp.go (the NTP
+    # error and remediation), internal/kubernetes/access.go (UntilError stops the API checks).
     uri = installed.nodeconfig()
     assert installed.run("nodeadm", "init", "-c", uri).returncode == 0
     good = installed.run("nodeadm", "debug", "-c", uri, "--no-color")
     assert good.returncode == 0
-    assert good.stdout.splitlines()
-    assert all(re.fullmatch(r"\* .+ \[Success\]", line) for line in good.stdout.splitlines())
+    lines = good.stdout.splitlines()
+    assert lines[0] == "* Validating access to AWS SSM API endpoint [Success]"
+    assert lines[-1] == "* Validating active node status in Kubernetes cluster [Success]"
+    assert all(re.fullmatch(r"\* .+ \[Success\]", line) for line in lines)
     set_ntp_synced(installed.root, False)
     bad = installed.run(
         "nodeadm", "debug", "-c", uri, "--no-color", env={"NODEADM_FAKE_FAIL": "debug"}
     )
     assert bad.returncode == 1
     out = bad.stdout.splitlines()
-    assert "* Validating NTP synchronization [Failed]" in out
-    assert "* Validating access to Kubernetes API server endpoint [Failed]" in out
-    assert "* Validating node identity maps to a Kubernetes node [Success]" not in out
-    assert any(line.strip().startswith("Error: ") for line in out)
-    assert any(line.strip().startswith("Remediation: ") for line in out)
-    assert out[-1].startswith("Issues found during validation")
+    ntp = out.index("* Validating NTP synchronization status [Failed]")
+    assert out[ntp + 1 : ntp + 5] == [
+        "  └─ Error",
+        "     └─ validating NTP synchronization via timedatectl: System clock not synchronized",
+        "     └─ Remediation",
+        "        └─ Ensure the hybrid node is synchronized with NTP by running "
+        "`timedatectl set-ntp true`.",
+    ]
+    assert "* Validating access to Kubernetes API endpoint [Failed]" in out
+    assert not [line for line in out if "authenticated request" in line]
+    assert out[-2:] == [
+        "",
+        "Issues found during validation. Please follow the remediation advice above.",
+    ]
     assert "\x1b[" not in bad.stdout
     assert not [line for line in logs(bad.stderr) if line["level"] == "fatal"]
     coloured = installed.run("nodeadm", "debug", "-c", uri)
     assert "\x1b[31mFailed\x1b[0m" in coloured.stdout
+
+
+def test_debug_proxy_validation_names_the_first_missing_file(installed: Host) -> None:
+    # aws/eks-hybrid v1.0.20: internal/network/proxy_validator.go.
+    uri = installed.nodeconfig()
+    assert installed.run("nodeadm", "init", "-c", uri).returncode == 0
+    proxy = "http://proxy.example:3128"
+    bad = installed.run("nodeadm", "debug", "-c", uri, "--no-color", env={"HTTPS_PROXY": proxy})
+    out = bad.stdout.splitlines()
+    i = out.index("* Validating proxy configuration on the hybrid node [Failed]")
+    assert (
+        out[i + 2]
+        == "     └─ apt proxy configuration file not found: /etc/apt/apt.conf.d/proxy.conf"
+    )
+    assert out[i + 4].startswith("        └─ Create the apt proxy configuration file at")
 
 
 # --- the other programs --------------------------------------------------------------------

@@ -132,3 +132,29 @@ def test_a_refused_assignment_writes_nothing(tmp_path: Path) -> None:
             path, parse_assignment(doc(SSM, kubelet={"flags": ["--hostname-override=x"]}))
         )
     assert not path.exists()
+
+
+def test_labels_kubelet_refuses_are_refused_in_the_assignment() -> None:
+    # kubelet (cmd/kubelet/app/options, IsKubeletLabel) refuses these at start; aws/eks-hybrid
+    # v1.0.20 internal/kubelet/config.go passes --node-labels through unchecked.
+    from agent.core.assignment import AssignmentError
+
+    for key in ("node-role.kubernetes.io/worker", "example.k8s.io/x", "kubernetes.io/role"):
+        labels = {"site": "store-12", key: "true"}
+        with pytest.raises(AssignmentError, match=r"kubelet\.node_labels") as e:
+            parse_assignment(doc(SSM, kubelet={"node_labels": labels}))
+        assert f"{key}: kubelet refuses" in str(e.value)
+    allowed = {
+        "topology.kubernetes.io/zone": "store-12",
+        "node.kubernetes.io/exclude-from-external-load-balancers": "true",
+        "kubelet.kubernetes.io/x": "y",
+        "kubernetes.io/hostname": "h",
+        "example.com/kubernetes.io": "ok",
+    }
+    a = parse_assignment(doc(SSM, kubelet={"node_labels": allowed}))
+    assert render_nodeconfig(a)["spec"]["kubelet"]["flags"][0].startswith("--node-labels=")
+    flag = parse_assignment(
+        doc(SSM, kubelet={"flags": ["--node-labels=node-role.kubernetes.io/edge="]})
+    )
+    with pytest.raises(ValueError, match=r"node-role\.kubernetes\.io/edge: kubelet refuses"):
+        render_nodeconfig(flag)

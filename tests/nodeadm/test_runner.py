@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from agent.core.assignment import parse_assignment
-from devtools.fakehost.layout import calls
+from devtools.fakehost.layout import calls, set_unit
 from tests.nodeadm.conftest import FakeHost
 from tests.nodeadm.samples import ACTIVATION_CODE, IRA, SSM, doc
 
@@ -210,20 +210,24 @@ async def test_debug_report(fake_host: Factory) -> None:
     assert (await runner.init(A, fh.config_path)).ok
     report = await runner.debug(fh.config_path)
     assert report.ok, report
-    assert report.items[0].description == "Validating access to SSM endpoint"
+    # aws/eks-hybrid v1.0.20: cmd/nodeadm/debug/debug.go, internal/validation/printer.go,
+    # internal/network/utils.go (ValidateIPInRemoteNodeNetwork) and interface.go.
+    assert report.items[0].description == "Validating access to AWS SSM API endpoint"
     assert all(i.ok and i.error is None for i in report.items)
     fh.knobs(NODEADM_FAKE_REMOTE_NODE_CIDRS="10.99.0.0/16")
     failed = await runner.debug(fh.config_path)
     assert not failed.ok
     bad = [i.as_dict() for i in failed.items if not i.ok]
+    docs = "https://docs.aws.amazon.com/eks/latest/userguide/hybrid-nodes-troubleshooting.html"
     assert bad == [
         {
-            "description": "Validating network interface",
+            "description": "Validating hybrid node network interface",
             "ok": False,
-            "error": "node IP 10.200.1.5 is not in any of the remote network CIDR blocks "
-            "[10.99.0.0/16]",
-            "remediation": "Set --node-ip in the kubelet flags to an address inside the remote "
-            "node networks.",
+            "error": "node IP 10.200.1.5 is not in any of the remote network CIDR blocks: "
+            f"[10.99.0.0/16]. See {docs} or use --skip node-ip-validation",
+            "remediation": "Ensure the node IP is within the configured remote network CIDR "
+            "blocks. Update the remote network configuration in the EKS cluster or adjust the "
+            f"node's network configuration. See {docs}",
         }
     ]
     assert failed.as_dict()["ok"] is False
@@ -245,3 +249,23 @@ async def test_missing_nodeadm_is_a_failed_outcome(fake_host: Factory) -> None:
     outcome = await fh.runner().install(A)
     assert (outcome.ok, outcome.code, outcome.exit_code) == (False, "nodeadm_failed", None)
     assert "cannot run" in outcome.message
+
+
+async def test_debug_stopped_at_its_limit_reports_what_it_printed(fake_host: Factory) -> None:
+    # aws/eks-hybrid v1.0.20: internal/nodevalidator/active_node_validator.go waits up to
+    # 5 minutes for a registered, Ready node; kubelet is not running here, so it would wait.
+    fh = fake_host(installed=True)
+    assert (await fh.runner().init(A, fh.config_path)).ok
+    set_unit(fh.root, "kubelet", "inactive")
+    fh.knobs(NODEADM_FAKE_ACTIVE_NODE_WAIT_S="60")
+    report = await fh.runner(debug_timeout_s=3.0).debug(fh.config_path)
+    assert not report.ok
+    assert report.items[0].description == "Validating access to AWS SSM API endpoint"
+    last = report.items[-1]
+    assert last.description == "Validating active node status in Kubernetes cluster"
+    assert (last.ok, last.error) == (
+        False,
+        "still running when nodeadm debug was stopped after 3 s",
+    )
+    assert all(i.ok for i in report.items[:-1])
+    assert report.message is not None and "did not finish within 3 s" in report.message
