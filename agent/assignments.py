@@ -29,6 +29,7 @@ from agent.core.config import Config
 from agent.core.recovery import HostFacts, recovery_reason
 from agent.driver import LifecycleDriver
 from agent.host.hostroot import HostRoot, arch
+from agent.host.kubelet import kubelet_version
 from agent.host.metrics import host_addresses
 from agent.logs import Log
 from agent.outbound import Outbound
@@ -147,7 +148,12 @@ class AssignmentSource:
         try:
             kubelet = (await self._services(("kubelet",)))["kubelet"]
             node = self._host.ssm_node_name() if a.credential_provider == "ssm" else None
-            facts = HostFacts(self._host.tracker_present(), kubelet, node or a.node_name_hint)
+            facts = HostFacts(
+                self._host.tracker_present(),
+                kubelet,
+                node or a.node_name_hint,
+                kubelet_version=await kubelet_version(self._host),
+            )
         except Exception as e:  # noqa: BLE001 - without facts, a fresh join is still right
             self._log.error("state.host_facts_failed", error=str(e))
             facts = HostFacts(tracker=False, kubelet="unknown", node_name=None)

@@ -177,6 +177,7 @@ class HostFacts:
     tracker: bool  # nodeadm's tracker exists under the host root: an install finished
     kubelet: str  # `systemctl is-active kubelet`
     node_name: str | None  # the SSM managed instance id, or the IAM Roles Anywhere node name
+    kubelet_version: str | None = None  # what `kubelet --version` reports (``1.31.7``), if any
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
 """A host whose agent lost its own state: what the host's facts say is already done.
 
 The rule: tracker present, kubelet ``active`` and a node identity (SSM registration, or the
-IAM-RA node name) mean the host is joined: resume in ``joined`` with the assignment's
-Kubernetes version, running nothing. The tracker alone means an install finished: record the
-assignment's version as installed, so the join's preflight skips install and runs ``nodeadm
-init`` only. Nothing at all: a fresh join. The tracker holds no version, so the assignment's
-is assumed; a host installed with another version is caught by nodeadm (init) or by the next
-upgrade, as it would be for any host. Pure: `step()` applies it to a `HostRecovered` event.
+IAM-RA node name) mean the host is joined: resume in ``joined``, running nothing. The tracker
+alone means an install finished: record the installed version, so the join's preflight skips
+install when it is the wanted one and runs ``nodeadm init`` only. Nothing at all: a fresh
+join. The tracker holds no version and ``nodeadm init`` never compares the installed kubelet
+with the wanted one, so the version is what the installed kubelet reports
+(``kubelet --version``), never assumed from the assignment; a tracker whose kubelet does not
+say leaves nothing recorded as installed, and the (idempotent) install runs again. Pure:
+`step()` applies it to a `HostRecovered` event.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def recovery_reason(a: Assignment, facts: HostFacts) -> str:
         return f"recovered from the host ({seen}): already joined"
     if facts.tracker:
         return (
-            f"recovered from the host ({seen}): Kubernetes {a.kubernetes_version} taken as "
-            "installed; the join runs nodeadm init only"
+            f"recovered from the host ({seen}): kubelet reports "
+            f"{facts.kubelet_version or 'no version'}; the join installs only if that is not "
+            f"Kubernetes {a.kubernetes_version}"
         )
     return f"nothing done on the host ({seen}): a fresh join"
 
@@ -48,7 +51,9 @@ def recovered_state(state: State, a: Assignment, facts: HostFacts, now: float) -
             assignment=a,
             op=None,
             op_args={},
-            installed_version=a.kubernetes_version,
+            # A joined host whose kubelet did not say its version keeps the assignment's: it
+            # runs and is registered, and the next assignment's upgrade check still applies.
+            installed_version=facts.kubelet_version or a.kubernetes_version,
             joined_identity=a.identity(),
             node_name=facts.node_name,
             failures=0,
@@ -56,7 +61,7 @@ def recovered_state(state: State, a: Assignment, facts: HostFacts, now: float) -
             unhealthy_since=None,
         )
     if facts.tracker:
-        return replace(state, installed_version=a.kubernetes_version)
+        return replace(state, installed_version=facts.kubelet_version)
     return state
 
 

@@ -17,12 +17,18 @@ SSM_NODE = "mi-0123456789abcdef0"
     ("facts", "phase", "installed", "runs", "words"),
     [
         # Tracker, active kubelet and a node identity: joined already, nothing is run.
+        (lc.HostFacts(True, "active", SSM_NODE, "1.31.4"), lc.Phase.JOINED, "1.31.4", [],
+         "already joined"),
+        # Joined, but kubelet did not say its version: the assignment's is kept.
         (lc.HostFacts(True, "active", SSM_NODE), lc.Phase.JOINED, "1.31", [], "already joined"),
-        # The tracker alone: installed; the join's preflight then skips install.
-        (lc.HostFacts(True, "inactive", SSM_NODE), lc.Phase.PREFLIGHT, "1.31", ["RunChecks"],
-         "nodeadm init only"),
-        (lc.HostFacts(True, "active", None), lc.Phase.PREFLIGHT, "1.31", ["RunChecks"],
-         "nodeadm init only"),
+        # The tracker alone: what kubelet reports is installed; preflight then skips install.
+        (lc.HostFacts(True, "inactive", SSM_NODE, "1.31.4"), lc.Phase.PREFLIGHT, "1.31.4",
+         ["RunChecks"], "kubelet reports 1.31.4"),
+        (lc.HostFacts(True, "active", None, "1.31.4"), lc.Phase.PREFLIGHT, "1.31.4",
+         ["RunChecks"], "kubelet reports 1.31.4"),
+        # The tracker, but kubelet says nothing: nothing is taken as installed.
+        (lc.HostFacts(True, "inactive", SSM_NODE), lc.Phase.PREFLIGHT, None, ["RunChecks"],
+         "kubelet reports no version"),
         # Nothing on the host: a fresh join.
         (lc.HostFacts(False, "active", SSM_NODE), lc.Phase.PREFLIGHT, None, ["RunChecks"],
          "a fresh join"),
@@ -47,10 +53,22 @@ def test_host_recovered_resumes_where_the_host_is(
 
 def test_an_installed_host_then_runs_init_without_install() -> None:
     a = asg()
-    s, _ = run(FRESH, lc.HostRecovered(a, lc.HostFacts(True, "inactive", None)))
+    s, _ = run(FRESH, lc.HostRecovered(a, lc.HostFacts(True, "inactive", None, "1.31.4")))
     s, actions = run(s, lc.ChecksDone(blocking=(), tracker_present=True))
     assert s.phase is lc.Phase.JOINING
     assert steps(actions) == ["init"]
+
+
+def test_a_host_installed_with_another_version_is_installed_again() -> None:
+    # aws/eks-hybrid v1.0.20 internal/node/hybrid/versionskew_validator.go: init compares
+    # kubelet with the control plane only, never with the version the agent wants, so
+    # recovery must not take the assignment's version as the installed one.
+    a = asg()  # wants 1.31
+    s, _ = run(FRESH, lc.HostRecovered(a, lc.HostFacts(True, "inactive", None, "1.30.11")))
+    assert s.installed_version == "1.30.11"
+    s, actions = run(s, lc.ChecksDone(blocking=(), tracker_present=True))
+    assert s.phase is lc.Phase.INSTALLING
+    assert steps(actions) == ["install"]
 
 
 def test_a_recovered_joined_host_keeps_a_newer_assignment_that_follows() -> None:
