@@ -27,9 +27,10 @@ from agent.commands.dispatcher import Dispatcher
 from agent.commands.handlers import build_specs
 from agent.commands.ledger import CommandLedger
 from agent.commands.signature import load_public_key_file
+from agent.configfile import load_config
 from agent.core import lifecycle as lc
 from agent.core.assignment import Assignment, AssignmentError, parse_assignment
-from agent.core.config import Config, ConfigError, ConfigMissing, load_config
+from agent.core.config import Config, ConfigError, ConfigMissing
 from agent.core.monotonic import NeverBackwardsClock
 from agent.core.timefmt import iso
 from agent.driver import Adopt

@@ -227,7 +227,7 @@ def build_hosts(tmp: Path, n: int, mode: str, *, broker_url: str, pub: Path,
         else:
             (d / "assignment.json").write_text(json.dumps(doc))
             cfg["assignment_file"] = str(d / "assignment.json")
-        configs.append((uid, parse_config(cfg, {})))
+        configs.append((uid, parse_config(cfg)))
     return configs
 
 

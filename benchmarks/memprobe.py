@@ -80,7 +80,7 @@ def main() -> int:
     import json
     from pathlib import Path
 
-    from agent.core.config import load_config
+    from agent.configfile import load_config
     from agent.daemon import Agent
 
     cfg = load_config(Path(config_path), {})

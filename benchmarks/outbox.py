@@ -65,7 +65,7 @@ def main() -> int:
 
 
 async def run(rig: common.Rig, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from agent.core.config import load_config
+    from agent.configfile import load_config
     from agent.daemon import Agent
 
     uid = "edge-bench-outbox"

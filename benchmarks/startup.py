@@ -232,7 +232,7 @@ def probe(config: Path, t0: float) -> int:
 
     t_asyncio = time.time()
     import agent.cli  # noqa: F401 - what `python -m agent` imports first
-    from agent.core.config import load_config
+    from agent.configfile import load_config
     from agent.daemon import Agent
 
     t_imports = time.time()

@@ -298,13 +298,14 @@ validate() {  # file: 0 valid, 1 invalid (the message names the key), 2 no agent
     "$VALIDATOR" -I - "$1" "$ROOT" <<'PY'
 import os, sys
 from pathlib import Path
-from agent.core.config import ConfigError, load_config
+from agent.configfile import load_config
+from agent.core.config import ConfigError
 from agent.commands.signature import BadPublicKey, load_public_key_file
 
 root = sys.argv[2]
 def under(p): return os.path.join(root, str(p).lstrip("/"))
 try:
-    cfg = load_config(Path(sys.argv[1]), {}, lambda p: os.access(under(p), os.R_OK))
+    cfg = load_config(Path(sys.argv[1]), {}, readable=lambda p: os.access(under(p), os.R_OK))
     if cfg.commands.public_key_file is not None:
         try:
             load_public_key_file(under(cfg.commands.public_key_file))

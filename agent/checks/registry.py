@@ -8,6 +8,7 @@ their ids from `CHECK_IDS`.
 from __future__ import annotations
 
 from agent.checks import (
+    config_files,
     credentials,
     kubernetes,
     mounts,
@@ -34,6 +35,7 @@ CHECKS: tuple[Check, ...] = (
     system.SYSTEMD,
     system.CLOCK,
     nodeadm_binary.CHECK,
+    config_files.CHECK,
 )
 
 CHECK_IDS: tuple[str, ...] = tuple(c.id for c in CHECKS)

@@ -91,7 +91,7 @@ def config(tmp_path: Path, root: Path, **sections: Any) -> Config:
             doc.setdefault(name, {}).update(value)
         else:
             doc[name] = value
-    return parse_config(doc, env={})
+    return parse_config(doc)
 
 
 class RecordingLog:

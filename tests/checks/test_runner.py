@@ -29,6 +29,8 @@ CONTRACT_ORDER = (
     "system.clock",
     "nodeadm.binary",
 )
+# The agent's own checks, after the published table's.
+EXTENSIONS = ("config.files",)
 
 
 @pytest.fixture
@@ -45,14 +47,14 @@ def ctx(tmp_path: Path) -> CheckContext:
 
 
 def test_registry_is_the_contract_table_in_order() -> None:
-    assert CHECK_IDS == CONTRACT_ORDER
-    assert tuple(c.id for c in CHECKS) == CONTRACT_ORDER
+    assert CHECK_IDS == CONTRACT_ORDER + EXTENSIONS
+    assert tuple(c.id for c in CHECKS) == CONTRACT_ORDER + EXTENSIONS
     assert all(c.title and c.remedy and c.timeout_s > 0 for c in CHECKS)
 
 
 async def test_all_checks_run_in_order_and_without_assignment_skip(ctx: CheckContext) -> None:
     results = await run_checks(ctx)
-    assert [r.id for r in results] == list(CONTRACT_ORDER)
+    assert [r.id for r in results] == list(CONTRACT_ORDER + EXTENSIONS)
     by_id = {r.id: r for r in results}
     for check in CHECKS:
         if check.needs_assignment:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from agent.checks import CHECK_IDS
 from devtools.fakehost import layout
 from devtools.fakehost.hosttree import make_host
 from tests.support import ACTIVATION_CODE, ROOT, HostEnv, assignment, process_alive
@@ -176,7 +177,7 @@ def test_check_json_nodeconfig_and_status_from_the_command_line(tmp_path: Path) 
     r = _cli(h, "check", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)
-    assert len(doc["checks"]) == 14 and doc["summary"]["warned"] >= 1
+    assert len(doc["checks"]) == len(CHECK_IDS) and doc["summary"]["warned"] >= 1
     swap = next(c for c in doc["checks"] if c["id"] == "system.swap")
     assert swap["status"] == "warn" and swap["remedy"]
     r = _cli(h, "check", "--only", "system.swap", "network.cidrs")

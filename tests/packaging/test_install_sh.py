@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from agent import __version__
-from agent.core.config import Config, load_config
+from agent.configfile import load_config
+from agent.core.config import Config
 from devtools.signer import CommandSigner
 from tests.packaging.conftest import PACKAGING, Build
 
@@ -105,7 +106,7 @@ def load(root: Path) -> Config:
     return load_config(
         root / "etc/edge-agent/config.yaml",
         {},
-        lambda p: (root / str(p).lstrip("/")).exists(),
+        readable=lambda p: (root / str(p).lstrip("/")).exists(),
     )
 
 
