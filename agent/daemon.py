@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from agent import __version__
+from agent import __version__, _compat
 from agent.commands.dispatcher import Dispatcher
 from agent.commands.handlers import build_specs
 from agent.commands.ledger import CommandLedger
@@ -320,7 +320,7 @@ class Agent(AgentWork):
         if cfg.assignment_file is not None:
             self.offer_assignment_file()
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with _compat.TaskGroup() as tg:
                 self._lifecycle = self._loop(tg, "lifecycle", self.driver.run(), 30)
                 if self.link is not None:
                     # The link stamps while connected and while backing off, so an outage of
@@ -346,13 +346,17 @@ class Agent(AgentWork):
                         name="watchdog",
                     )
                 tg.create_task(self._stopper(), name="stopper")
-        except* _Stop:
-            pass
+        except BaseException as exc:  # except* _Stop, for 3.10
+            _, rest = _compat.split(exc, _Stop)
+            if rest is exc:
+                raise
+            if rest is not None:
+                raise rest from None
         await self._close()
         return 0
 
     def _loop(
-        self, tg: asyncio.TaskGroup, name: str, coro: Any, max_age: float
+        self, tg: _compat.TaskGroup, name: str, coro: Any, max_age: float
     ) -> asyncio.Task[Any]:
         self.heartbeats.register(name, max_age, time.monotonic())
         return tg.create_task(coro, name=name)
@@ -529,7 +533,7 @@ class Agent(AgentWork):
             with contextlib.suppress(TimeoutError):
                 poll = self.config.controller.assignment_poll_s if self.config.controller else 30
                 # Jittered so a fleet registered in one burst does not poll in one burst.
-                async with asyncio.timeout(poll * self.rng.uniform(0.8, 1.2)):
+                async with _compat.timeout(poll * self.rng.uniform(0.8, 1.2)):
                     await self.sync_event.wait()
             self.sync_event.clear()
             try:

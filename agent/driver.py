@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent import _compat
 from agent.core import lifecycle as lc
 from agent.core.checks import CheckResult
 
@@ -90,7 +91,7 @@ class LifecycleDriver:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(1.0):
+                    async with _compat.timeout(1.0):
                         ev: lc.Event | Adopt = await self._events.get()
                 except TimeoutError:
                     ev = lc.Tick()

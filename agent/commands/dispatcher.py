@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent import _compat
 from agent.commands.ledger import CommandLedger, LedgerFull
 from agent.core.envelope import CommandEnvelope, Rejection, validate_envelope
 
@@ -226,7 +227,7 @@ class Dispatcher:
 
         state, result, error, message = "succeeded", None, None, ""
         try:
-            async with asyncio.timeout(spec.timeout_s):
+            async with _compat.timeout(spec.timeout_s):
                 result = await spec.run(args, Progress(progress))
         except TimeoutError:
             state, error = "timed_out", ("timed_out", f"did not finish within {spec.timeout_s:g} s")

@@ -19,10 +19,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from agent._compat import StrEnum
 from agent.core.assignment import Assignment
 from agent.core.backoff import capped_exponential
 

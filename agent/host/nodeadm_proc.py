@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent import _compat
 from agent.host.proc import ProcessError, child_env, kill_group
 from agent.host.proc import run as run_program
 from agent.state.atomic import write_json
@@ -319,7 +320,7 @@ async def _end(
         await stop_unit(systemctl, unit, env)
     await end_group(proc.pid, grace)
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(grace):
+        async with _compat.timeout(grace):
             await proc.wait()
 
 

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
-from agent import __version__
+from agent import __version__, _compat
 from agent.core.backoff import Backoff
 from agent.core.config import ControllerConfig
 from agent.core.controller_policy import (
@@ -336,7 +336,7 @@ class ControllerClient:
         deadline = deadline or 3 * self._cfg.timeout_s  # connect + send + read, each bounded
         kw["headers"] = {"Authorization": f"Bearer {token}", **kw.get("headers", {})}
         try:
-            async with asyncio.timeout(deadline), http.stream(method, path, **kw) as reply:
+            async with _compat.timeout(deadline), http.stream(method, path, **kw) as reply:
                 body = b""
                 async for chunk in reply.aiter_bytes():
                     body += chunk
@@ -362,7 +362,7 @@ class ControllerClient:
         """
         url = httpx.URL(self._cfg.url)
         try:
-            async with asyncio.timeout(min(2.0, self._cfg.timeout_s)):
+            async with _compat.timeout(min(2.0, self._cfg.timeout_s)):
                 reader, writer = await asyncio.open_connection(
                     url.host, url.port or 443, ssl=context
                 )

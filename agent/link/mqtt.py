@@ -23,7 +23,7 @@ import math
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent import _compat
 from agent.core.backoff import Backoff
 from agent.core.config import MqttConfig
 from agent.core.timefmt import iso
@@ -167,7 +168,7 @@ class MqttLink:
         # A connect in progress is not cancelled but waited for (it is bounded by its
         # timeout): cancelling inside aiomqtt's connect leaves callbacks that crash later.
         try:
-            async with asyncio.timeout(STOP_TIMEOUT_S + CONNECT_TIMEOUT_S):
+            async with _compat.timeout(STOP_TIMEOUT_S + CONNECT_TIMEOUT_S):
                 await self._done.wait()
         except TimeoutError:
             if self._run_task is not None:
@@ -203,7 +204,7 @@ class MqttLink:
                 deadline = loop.time() + delay
                 while not self._stopping and (left := deadline - loop.time()) > 0:
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(min(left, HEARTBEAT_S)):
+                        async with _compat.timeout(min(left, HEARTBEAT_S)):
                             await self._stop_event.wait()
                     self._heartbeat()
         finally:
@@ -235,21 +236,28 @@ class MqttLink:
                     if not (self._stopping and self._offline_on_stop):
                         _abort(client)  # cancelled, failed or told to: let the will fire
                     raise
-        except* _Stopped:
-            pass
-        except* aiomqtt.MqttError as group:
-            leaves = _leaves(group)
-            if connected_at is None:
-                code = "broker_refused" if isinstance(leaves[0], MqttConnectError) else None
-                where = f"{self._cfg.host}:{self._cfg.port}"
-                self._failed(
-                    code or "broker_unreachable", f"cannot connect to {where}: {leaves[0]}"
-                )
-            elif not self._stopping:
-                self._lost(leaves, loop.time() - connected_at)
-        except* Exception as group:  # noqa: BLE001 - a bug must cost a reconnect, not the agent
-            leaf = _leaves(group)[0]
-            self._log.error("mqtt.attempt_failed", error=repr(leaf), exc_info=leaf)
+        except BaseException as exc:  # except* _Stopped / MqttError / Exception, for 3.10
+            _, rest = _compat.split(exc, _Stopped)
+            lost, rest = _compat.split(rest, aiomqtt.MqttError)
+            if lost is not None:
+                leaves = _leaves(lost)
+                if connected_at is None:
+                    code = "broker_refused" if isinstance(leaves[0], MqttConnectError) else None
+                    where = f"{self._cfg.host}:{self._cfg.port}"
+                    self._failed(
+                        code or "broker_unreachable", f"cannot connect to {where}: {leaves[0]}"
+                    )
+                elif not self._stopping:
+                    self._lost(leaves, loop.time() - connected_at)
+            # A bug must cost a reconnect, not the agent.
+            bug, rest = _compat.split(rest, Exception)
+            if bug is not None:
+                leaf = _leaves(bug)[0]
+                self._log.error("mqtt.attempt_failed", error=repr(leaf), exc_info=leaf)
+            if rest is exc:
+                raise
+            if rest is not None:
+                raise rest from None
         finally:
             self._connected = False
             self._health = None
@@ -323,7 +331,7 @@ class MqttLink:
         # connection that outlives twice that clears the conflict.
         calm = loop.call_later(2 * self._cfg.max_backoff_s + QUICK_DROP_S, self._calm)
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with _compat.TaskGroup() as tg:
                 tg.create_task(self._read(client))
                 tg.create_task(self._drain(client))
                 tg.create_task(self._watch_stop(client))
@@ -344,7 +352,7 @@ class MqttLink:
     async def _drain(self, client: aiomqtt.Client) -> None:
         window, cursor = asyncio.Semaphore(WINDOW), 0
         publish_timeout = max(30.0, 3.0 * self._cfg.keepalive_s)
-        async with asyncio.TaskGroup() as tg:
+        async with _compat.TaskGroup() as tg:
             while True:
                 if self._republish_online and not self._stopping:
                     self._republish_online = False
@@ -390,7 +398,7 @@ class MqttLink:
         while not self._stop_event.is_set():
             self._heartbeat()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HEARTBEAT_S):
+                async with _compat.timeout(HEARTBEAT_S):
                     await self._stop_event.wait()
         if self._offline_on_stop:
             try:
@@ -493,21 +501,26 @@ async def _acked(call: Awaitable[T], timeout: float) -> T:
     aiomqtt await the answer directly.
     """
     try:
-        async with asyncio.timeout(timeout):
+        async with _compat.timeout(timeout):
             return await call
     except TimeoutError:
         raise aiomqtt.MqttError("Operation timed out") from None
+    finally:
+        # On 3.10 the timeout backport enters through an await of its own, so a cancel can
+        # land before `call` ever started; close it rather than leave it never awaited.
+        if isinstance(call, Coroutine):
+            call.close()
 
 
 def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     return client_context(cfg.ca_file, cfg.client_cert_file, cfg.client_key_file)
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+def _leaves(group: _compat.BaseExceptionGroup[BaseException]) -> list[BaseException]:
     """The exceptions in a (nested) group, depth first: TaskGroups nest theirs."""
     out: list[BaseException] = []
     for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+        out.extend(_leaves(exc) if isinstance(exc, _compat.BaseExceptionGroup) else [exc])
     return out
 
 
