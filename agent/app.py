@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, TextIO
 
-from agent import __version__
+from agent import __version__, _compat
 from agent.assignments import AssignmentSource
 from agent.commands.dispatcher import Dispatcher
 from agent.commands.handlers import build_specs
@@ -319,11 +319,9 @@ class Agent:
             code = ErrorCode.SYSCTL_NOT_IN_FORCE
             self.driver.post(lc.ErrorSeen(code, lost) if lost else lc.ErrorCleared(code))
         self.assignments.offer_file()
-        try:
-            async with asyncio.TaskGroup() as tg:
+        with _compat.suppress_group(_Stop):  # `except* _Stop`, which 3.10 cannot parse
+            async with _compat.TaskGroup() as tg:
                 self._loops(tg)
-        except* _Stop:
-            pass
         await self._close()
         return 0
 
@@ -345,7 +343,7 @@ class Agent:
         if controller is not None and controller.insecure:
             self.log.warning("controller.insecure", message="controller.url is plain http://")
 
-    def _loops(self, tg: asyncio.TaskGroup) -> None:
+    def _loops(self, tg: _compat.TaskGroup) -> None:
         cfg = self.config
         self._lifecycle = self._loop(tg, "lifecycle", self.driver.run(), 30)
         if self.link is not None and cfg.mqtt is not None:
@@ -389,7 +387,7 @@ class Agent:
 
     def _loop(
         self,
-        tg: asyncio.TaskGroup,
+        tg: _compat.TaskGroup,
         name: str,
         coro: Coroutine[object, object, None],
         max_age: float,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from agent import __version__
+from agent import __version__, _compat
 from agent.commands.dispatcher import CommandFailed
 from agent.core import lifecycle as lc
 from agent.core.assignment import Assignment, AssignmentError, parse_assignment
@@ -207,7 +207,7 @@ class AssignmentSource:
             with contextlib.suppress(TimeoutError):
                 poll = self._config.controller.assignment_poll_s if self._config.controller else 30
                 # Jittered so a fleet registered in one burst does not poll in one burst.
-                async with asyncio.timeout(poll * self._rng.uniform(0.8, 1.2)):
+                async with _compat.timeout(poll * self._rng.uniform(0.8, 1.2)):
                     await self._sync.wait()
             self._sync.clear()
             try:

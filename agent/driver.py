@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent import _compat
 from agent.core import lifecycle as lc
 from agent.core.checks import CheckResult
 from agent.core.codes import Step
@@ -104,7 +105,7 @@ class LifecycleDriver:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(1.0):
+                    async with _compat.timeout(1.0):
                         ev: lc.Event | _Barrier = await self._events.get()
                 except TimeoutError:
                     ev = lc.Tick()

@@ -14,8 +14,9 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, assert_never
+from typing import Any
 
+from agent import _compat
 from agent.core import lifecycle as lc
 from agent.core.checks import CheckResult
 from agent.core.codes import ErrorCode, Step
@@ -130,7 +131,7 @@ class LifecycleEffects:
             case _:
                 # An unknown name must fail, never fall into some default (it once ran
                 # uninstall); mypy proves every Step is handled above.
-                assert_never(step)
+                _compat.assert_never(step)
         if out.canceled:
             raise asyncio.CancelledError
         if step is Step.INIT and out.ok and self._config.host.mode == "appliance":

@@ -17,7 +17,7 @@ import os
 import secrets
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 def iso(epoch: float) -> str:
     """Format a POSIX time as RFC 3339 UTC with milliseconds and a `Z`, as the contract does."""
-    moment = datetime.fromtimestamp(epoch, UTC)
+    moment = datetime.fromtimestamp(epoch, timezone.utc)
     # Truncate rather than round: rounding 59.9996 would need a carry into the seconds.
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 

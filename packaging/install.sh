@@ -192,8 +192,8 @@ install_deb() {
 install_wheelhouse() {
     local venv=$R$FINAL python
     python=$(command -v "$PYTHON") || die "--python $PYTHON: not found"
-    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-        || die "$python is older than Python 3.11"
+    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+        || die "$python is older than Python 3.10"
     if [ -x "$venv/bin/python" ] && [ -f "$venv/requirements.txt" ] \
         && cmp -s "$venv/requirements.txt" "$WHEELHOUSE/requirements.txt"; then
         say "virtualenv $FINAL is up to date"

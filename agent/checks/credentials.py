@@ -159,7 +159,7 @@ def _certificate_problems(
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(cns[0].value) if cns else ""
     details = {"subject_cn": cn, "not_before": start.isoformat(), "not_after": end.isoformat()}
-    problem, warning = _validity(start, end, dt.datetime.fromtimestamp(ctx.now, tz=dt.UTC))
+    problem, warning = _validity(start, end, dt.datetime.fromtimestamp(ctx.now, tz=dt.timezone.utc))
     problems = [problem] if problem else []
     if cn != ira.node_name and warning is None:
         # nodeadm does not compare them; only AWS's recommended trust policy (session name

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agent import _compat
 from agent.checks.base import (
     Check,
     CheckContext,
@@ -102,7 +103,7 @@ async def resolve_node_name(ctx: CheckContext, name: str) -> list[Addr]:
     if found or ctx.host.root != Path("/"):
         return found
     try:
-        async with asyncio.timeout(5.0):
+        async with _compat.timeout(5.0):
             infos = await asyncio.get_running_loop().getaddrinfo(name, None, family=socket.AF_INET)
     except (OSError, TimeoutError):
         return []

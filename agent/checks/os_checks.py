@@ -17,9 +17,11 @@ from types import MappingProxyType
 from agent.checks.base import Check, CheckContext, CheckVerdict, failed, passed
 from agent.host.hostroot import OsRelease
 
+# The table "Supported hosts" in packaging/README.md, row for row (a test keeps them in step):
+# what nodeadm supports and the agent's packages install on. Not Ubuntu 20.04: its Python is 3.8.
 SUPPORTED: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "ubuntu": ("20.04", "22.04", "24.04"),
+        "ubuntu": ("22.04", "24.04"),
         "rhel": ("8", "9"),
         "amzn": ("2023",),
     }

@@ -9,10 +9,10 @@ hides the others' verdicts.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
+from agent import _compat
 from agent.checks.base import Check, CheckContext, CheckVerdict, skipped
 from agent.checks.registry import CHECK_IDS, CHECKS
 from agent.core.checks import CheckResult, CheckStatus
@@ -49,7 +49,7 @@ def select(only: Sequence[str] | None, checks: Sequence[Check] = CHECKS) -> list
 async def _verdict(check: Check, ctx: CheckContext) -> CheckVerdict:
     if check.needs_assignment and ctx.assignment is None:
         return skipped(NO_ASSIGNMENT)
-    deadline = asyncio.timeout(check.timeout_s)
+    deadline = _compat.timeout(check.timeout_s)
     try:
         async with deadline:
             return await check.run(ctx)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent import _compat
 from agent.commands.ledger import CommandLedger, LedgerFull
 from agent.core.codes import FINAL_STATES, CommandState
 from agent.core.envelope import CommandEnvelope, Rejection, validate_envelope
@@ -250,7 +251,7 @@ class Dispatcher:
 
         state, result, error, message = CommandState.SUCCEEDED, None, None, ""
         try:
-            async with asyncio.timeout(spec.timeout_s):
+            async with _compat.timeout(spec.timeout_s):
                 result = await spec.run(args, Progress(progress))
         except TimeoutError:
             state, error = (

@@ -11,8 +11,9 @@ default). Error codes nodeadm's output maps to live with that mapping
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Final
+
+from agent.core.strenum import StrEnum
 
 
 class Step(StrEnum):

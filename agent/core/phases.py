@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 from agent.core.assignment import Assignment
 from agent.core.codes import LINK_CODES, Step
+from agent.core.strenum import StrEnum
 
 
 class Phase(StrEnum):

@@ -16,7 +16,7 @@ _RFC3339 = re.compile(
 
 def iso(epoch: float) -> str:
     """Format epoch seconds as ``2026-11-26T17:24:07.123Z``."""
-    t = dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
+    t = dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
@@ -29,7 +29,7 @@ def parse_iso(text: str) -> float:
     frac = float(m.group(7)) if m.group(7) else 0.0
     off = m.group(8)
     if off in ("Z", "z"):
-        tz = dt.UTC
+        tz = dt.timezone.utc
     else:
         sign = 1 if off[0] == "+" else -1
         tz = dt.timezone(sign * dt.timedelta(hours=int(off[1:3]), minutes=int(off[4:6])))

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from agent import _compat
+
 
 class HealthSampler:
     def __init__(self, root: Path, disk_paths: Sequence[str] = ("/", "/var/lib")) -> None:
@@ -86,7 +88,7 @@ async def kubelet_healthz(url: str, timeout: float = 2.0) -> str:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     try:
-        async with asyncio.timeout(timeout):
+        async with _compat.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
             try:
                 path = parts.path or "/"

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent import _compat
 from agent.host.nodeadm_log import LogFollower, rotate
 from agent.host.nodeadm_unit import forget_unit, stop_unit, unit_active, unit_state
 from agent.host.proc import ProcessError, child_env, kill_group
@@ -364,7 +365,7 @@ async def _end(
         await stop_unit(systemctl, unit, env)
     await end_group(proc.pid, grace)
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(grace):
+        async with _compat.timeout(grace):
             await proc.wait()
 
 

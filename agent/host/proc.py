@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import _compat
+
 _STRIP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 TAIL = 4000
 
@@ -94,7 +96,7 @@ async def run(
     except OSError as e:
         raise ProcessError(argv, f"cannot run: {e.strerror or e}") from e
     try:
-        async with asyncio.timeout(timeout):
+        async with _compat.timeout(timeout):
             out, err = await proc.communicate(input_bytes)
     except TimeoutError:
         kill_group(proc.pid)

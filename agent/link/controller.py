@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
-from agent import __version__
+from agent import __version__, _compat
 from agent.core.backoff import Backoff
 from agent.core.config import ControllerConfig
 from agent.core.controller_policy import (
@@ -305,7 +305,7 @@ class ControllerClient:
         deadline = deadline or 3 * self._cfg.timeout_s  # connect + send + read, each bounded
         kw["headers"] = {"Authorization": f"Bearer {token}", **kw.get("headers", {})}
         try:
-            async with asyncio.timeout(deadline), http.stream(method, path, **kw) as reply:
+            async with _compat.timeout(deadline), http.stream(method, path, **kw) as reply:
                 # A few KiB are expected; never buffer a broken controller's endless stream,
                 # nor let a compressed one inflate past the limit (see agent.link.replybody).
                 collected = BoundedBody(reply.headers.get("Content-Encoding"), MAX_RESPONSE_BYTES)

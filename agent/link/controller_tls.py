@@ -15,6 +15,8 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from agent import _compat
+
 __all__ = ["file_stamp", "find_ssl_error", "probe_client_cert"]
 
 
@@ -30,7 +32,7 @@ async def probe_client_cert(
     """
     host, port = _host_port(url)
     try:
-        async with asyncio.timeout(min(2.0, timeout_s)):
+        async with _compat.timeout(min(2.0, timeout_s)):
             reader, writer = await asyncio.open_connection(host, port, ssl=context)
             try:
                 await reader.read(1)

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from agent import _compat
 from agent.core.timefmt import iso
 from agent.link.linkstate import LinkCondition
 from agent.link.messages import describe_drops
@@ -123,9 +124,9 @@ class OutboxSyncer:
             loop.run_in_executor(None, job)  # fdatasync off the loop, on the shared pool
 
 
-def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+def leaves(group: _compat.BaseExceptionGroup[BaseException]) -> list[BaseException]:
     """The exceptions in a (nested) group, depth first: TaskGroups nest theirs."""
     out: list[BaseException] = []
     for exc in group.exceptions:
-        out.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+        out.extend(leaves(exc) if isinstance(exc, _compat.BaseExceptionGroup) else [exc])
     return out

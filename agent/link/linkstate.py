@@ -14,7 +14,9 @@ topic and paces the `online` it calls for. No aiomqtt here: the link
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -182,3 +184,13 @@ class AvailabilityGuard:
 
     def published(self, now: float) -> None:
         self._last_online = now
+
+
+def abort_without_disconnect(client: Any) -> None:
+    """Drop an aiomqtt client's connection without a DISCONNECT, so the broker publishes the
+    will: aiomqtt's context exit always sends a clean DISCONNECT (which discards the will) and
+    offers no public way to close the socket, hence its paho client's socket."""
+    sock = client._client.socket()
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
+
+from agent._compat import StrEnum
 
 
 class Kind(StrEnum):

@@ -1,21 +1,16 @@
 """The broker link: the agent's only MQTT client, and the only module that imports aiomqtt.
 
-`MqttLink.run()` connects forever with a fresh `aiomqtt.Client` per attempt (reusing one has
-broken repeatedly upstream: aiomqtt #244, #269, #288) and full-jitter backoff. Each connect
-raises the availability `session` counter kept in `state_dir`, sets the will `offline` for
-that session, publishes `online`, subscribes to its commands and its own availability, then
-drains the outbox in order with a window of QoS 1 publishes, acknowledging each message only
-when aiomqtt's publish returns (the PUBACK). The session is persistent (MQTT 5: clean start
-off and a session expiry; 3.1.1: clean session off), so commands sent while the agent is away
-arrive on reconnect; paho acknowledges them before our handler runs, so deduplication belongs
-to the command ledger. Link trouble is reported through `on_link_error(code, message)`, called
-only when the condition changes, with `(None, None)` once healthy again: `broker_unreachable`
-(a connect attempt failed, including TLS or password file problems), `broker_refused` (the
-broker's CONNACK refused us) and `uid_conflict` (another client keeps taking our session);
-`agent.link.linkstate` keeps that condition, the session counter and the availability rule;
-`linkreport` reports, `pump` drains the outbox, `intake` bounds what arrives. Oversized
-packets are refused before buffering under MQTT 5 only (maximum packet size): 3.1.1 cannot
-tell the broker, and paho reads a whole packet first (set the broker's `max_packet_size`).
+`MqttLink.run()` connects forever with a fresh `aiomqtt.Client` per attempt (reusing one broke
+upstream: aiomqtt #244, #269, #288) and full-jitter backoff. Each connect raises the
+availability `session`, sets the will `offline` for it, publishes `online`, subscribes to its
+commands and availability, then drains the outbox in order (a message leaves only on its
+PUBACK). The session is persistent, so commands sent while the agent is away arrive later;
+paho acknowledges them before our handler runs, so deduplication is the command ledger's.
+Trouble is reported through `on_link_error(code, message)` when the condition changes
+(`broker_unreachable`, `broker_refused`, `uid_conflict`; `(None, None)` once healthy).
+`linkstate` keeps that condition, the session counter and the availability rule; `linkreport`
+reports, `pump` drains, `intake` bounds what arrives. Oversized packets are refused before
+buffering under MQTT 5 only: 3.1.1 cannot tell the broker (set its `max_packet_size`).
 """
 
 from __future__ import annotations
@@ -27,7 +22,7 @@ import math
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent import _compat
 from agent.core.backoff import Backoff
 from agent.core.config import MqttConfig
 from agent.link.intake import CommandIntake
@@ -45,6 +41,7 @@ from agent.link.linkstate import (
     QUICK_DROP_S,
     AvailabilityGuard,
     SessionCounter,
+    abort_without_disconnect,
     availability,
 )
 from agent.link.messages import Kind, Outgoing, encode, is_queued
@@ -177,7 +174,7 @@ class MqttLink:
         # A connect in progress is not cancelled but waited for (it is bounded by its
         # timeout): cancelling inside aiomqtt's connect leaves callbacks that crash later.
         try:
-            async with asyncio.timeout(STOP_TIMEOUT_S + CONNECT_TIMEOUT_S):
+            async with _compat.timeout(STOP_TIMEOUT_S + CONNECT_TIMEOUT_S):
                 await self._done.wait()
         except TimeoutError:
             if self._run_task is not None:
@@ -213,7 +210,7 @@ class MqttLink:
                 deadline = loop.time() + delay
                 while not self._stopping and (left := deadline - loop.time()) > 0:
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(min(left, HEARTBEAT_S)):
+                        async with _compat.timeout(min(left, HEARTBEAT_S)):
                             await self._stop_event.wait()
                     self._heartbeat()
         finally:
@@ -242,25 +239,33 @@ class MqttLink:
                     await self._serve(client)
                 except BaseException:
                     if not (self._stopping and self._offline_on_stop):
-                        _abort(client)  # cancelled, failed or told to: let the will fire
+                        abort_without_disconnect(
+                            client
+                        )  # cancelled, failed or told to: let the will fire
                     raise
-        except* _Stopped:
-            pass
-        except* aiomqtt.MqttError as group:
-            errors = leaves(group)
-            if connected_at is None:
-                code = "broker_refused" if isinstance(errors[0], MqttConnectError) else None
-                where = f"{self._cfg.host}:{self._cfg.port}"
-                self._reporter.failed(
-                    code or "broker_unreachable",
-                    f"cannot connect to {where}: {errors[0]}",
-                    connected=False,
-                )
-            elif not self._stopping:
-                self._lost(errors, loop.time() - connected_at)
-        except* Exception as group:  # noqa: BLE001 - a bug must cost a reconnect, not the agent
-            leaf = leaves(group)[0]
-            self._log.error("mqtt.attempt_failed", error=repr(leaf), exc_info=leaf)
+        except BaseException as exc:  # except* _Stopped / MqttError / Exception, for 3.10
+            _, rest = _compat.split(exc, _Stopped)
+            lost, rest = _compat.split(rest, aiomqtt.MqttError)
+            if lost is not None:
+                errors = leaves(lost)
+                if connected_at is None:
+                    code = "broker_refused" if isinstance(errors[0], MqttConnectError) else None
+                    where = f"{self._cfg.host}:{self._cfg.port}"
+                    self._reporter.failed(
+                        code or "broker_unreachable",
+                        f"cannot connect to {where}: {errors[0]}",
+                        connected=False,
+                    )
+                elif not self._stopping:
+                    self._lost(errors, loop.time() - connected_at)
+            bug, rest = _compat.split(rest, Exception)  # a bug costs a reconnect, not the agent
+            if bug is not None:
+                leaf = leaves(bug)[0]
+                self._log.error("mqtt.attempt_failed", error=repr(leaf), exc_info=leaf)
+            if rest is exc:
+                raise
+            if rest is not None:
+                raise rest from None
         finally:
             self._connected = False
             self._health = None
@@ -330,7 +335,7 @@ class MqttLink:
         # connection that outlives twice that clears the conflict.
         calm = loop.call_later(2 * self._cfg.max_backoff_s + QUICK_DROP_S, self._calm)
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with _compat.TaskGroup() as tg:
                 tg.create_task(self._read(client))
                 tg.create_task(self._drain(client))
                 tg.create_task(self._watch_stop(client))
@@ -375,7 +380,7 @@ class MqttLink:
         while not self._stop_event.is_set():
             self._heartbeat()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HEARTBEAT_S):
+                async with _compat.timeout(HEARTBEAT_S):
                     await self._stop_event.wait()
         if self._offline_on_stop:
             try:
@@ -425,26 +430,17 @@ class MqttLink:
 async def _acked(call: Awaitable[T], timeout: float) -> T:
     """Await an aiomqtt call made with `timeout=math.inf`, bounded by `timeout` here.
 
-    aiomqtt bounds a call's wait with asyncio.wait_for, which on Python 3.11 swallows a
-    cancellation that lands in the same loop iteration as the broker's answer (CPython
-    gh-86296, fixed in 3.12): a link cancelled just as its SUBACK arrived ran on, connected,
-    and whoever awaited it waited forever. asyncio.timeout has no such hole; `math.inf` makes
-    aiomqtt await the answer directly.
+    aiomqtt bounds waits with asyncio.wait_for, which on 3.11 swallows a cancel that lands in
+    the same loop iteration as the broker's answer (CPython gh-86296): a link cancelled just
+    as its SUBACK arrived ran on. A timeout here has no such hole.
     """
     try:
-        async with asyncio.timeout(timeout):
+        async with _compat.timeout(timeout):
             return await call
     except TimeoutError:
         raise aiomqtt.MqttError("Operation timed out") from None
-
-
-def _abort(client: aiomqtt.Client) -> None:
-    """Drop the connection without a DISCONNECT, so the broker publishes the will.
-
-    aiomqtt's context exit always sends a clean DISCONNECT (which discards the will), and it
-    offers no public way to close the socket, hence its paho client's socket.
-    """
-    sock = client._client.socket()
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        # On 3.10 the timeout backport enters through an await of its own, so a cancel can
+        # land before `call` ever started; close it rather than leave it never awaited.
+        if isinstance(call, Coroutine):
+            call.close()

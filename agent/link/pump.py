@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from agent import _compat
 from agent.link.messages import Outgoing
 from agent.link.outbox import Outbox
 
@@ -30,7 +31,7 @@ async def drain_outbox(
 ) -> None:
     """Publish the outbox until cancelled or a publish fails (which ends the TaskGroup)."""
     window, cursor = asyncio.Semaphore(WINDOW), 0
-    async with asyncio.TaskGroup() as tg:
+    async with _compat.TaskGroup() as tg:
         while True:
             await before()
             batch = outbox.peek(2 * WINDOW, after=cursor)

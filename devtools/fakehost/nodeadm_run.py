@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -72,7 +72,7 @@ class Usage(Exception):
 
 def timestamp() -> str:
     """zap's ISO-8601 UTC time with milliseconds and a Z."""
-    now = datetime.now(UTC)
+    now = datetime.now(timezone.utc)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 

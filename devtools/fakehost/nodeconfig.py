@@ -13,7 +13,7 @@ import binascii
 import ipaddress
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +248,7 @@ def validate(config: NodeConfig, root: Path, *, now: datetime | None = None) -> 
     if has_ssm:
         _validate_ssm(config.ssm)
     else:
-        _validate_iam_ra(config.iam_ra, root, now or datetime.now(UTC))
+        _validate_iam_ra(config.iam_ra, root, now or datetime.now(timezone.utc))
     if any(a.startswith("--node-ip=") for a in config.kubelet_flags):
         _validate_node_ip(config.flag_value("node-ip"))
 
@@ -369,4 +369,4 @@ def _der_time(der: bytes, item: tuple[int, int, int]) -> datetime:
         text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
     elif tag != 0x18:  # GeneralizedTime: YYYYMMDDHHMMSSZ
         raise ValueError("not a time")
-    return datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=UTC)
+    return datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc)

@@ -40,7 +40,7 @@ def write_cert(
     other_key: bool = False,
     encrypted: bool = False,
 ) -> None:
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     cert = (
@@ -116,13 +116,13 @@ async def test_iam_ra_valid_certificate_passes(tmp_path: Path, root: Path) -> No
     [
         (
             {
-                "not_before": dt.datetime.now(dt.UTC) - dt.timedelta(days=30),
-                "not_after": dt.datetime.now(dt.UTC) - dt.timedelta(days=2),
+                "not_before": dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30),
+                "not_after": dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2),
             },
             "certificate expired on",
         ),
         (
-            {"not_before": dt.datetime.now(dt.UTC) + dt.timedelta(days=3)},
+            {"not_before": dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)},
             "is this host's clock behind?",
         ),
         ({"other_key": True}, "does not belong to certificate"),
@@ -149,7 +149,7 @@ async def test_iam_ra_certificate_cn_other_than_node_name_warns(tmp_path: Path, 
 
 
 async def test_iam_ra_expiring_soon_warns(tmp_path: Path, root: Path) -> None:
-    write_cert(root, not_after=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
+    write_cert(root, not_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2))
     r = await one(context(config(tmp_path, root), ira_assignment()), "credentials")
     assert r.status is CheckStatus.WARN
     assert "expires on" in r.message

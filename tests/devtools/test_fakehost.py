@@ -513,7 +513,7 @@ def test_init_with_iam_roles_anywhere_checks_the_certificate_window(tmp_path: Pa
     assert "certificate /etc/iam/pki/server.pem not found" in fatal(
         host.run("nodeadm", "init", "-c", uri)
     )
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     _certificate(
         host.root, "store-42-node-1", now - dt.timedelta(days=10), now - dt.timedelta(days=1)
     )

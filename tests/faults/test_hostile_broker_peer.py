@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ def test_corrections_are_paced_to_one_a_second(site_factory: SiteFactory) -> Non
 
 
 def _junk(site: Site, i: int, pad: int) -> dict[str, Any]:
-    now = datetime.now(UTC)
+    now = datetime.now(timezone.utc)
     stamp = "%Y-%m-%dT%H:%M:%S.000Z"
     return {
         "id": f"junk-{i:05d}",

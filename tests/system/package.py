@@ -28,6 +28,8 @@ INPUTS = (
     "packaging/build-deb.sh",
     "packaging/install.sh",
     "packaging/deb",
+    "packaging/build-venv.sh",
+    "packaging/wheelhouse.py",
 )
 
 
