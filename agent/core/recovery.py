@@ -32,10 +32,15 @@ def recovery_reason(a: Assignment, facts: HostFacts) -> str:
     if _joined(facts):
         return f"recovered from the host ({seen}): already joined"
     if facts.tracker:
+        have = facts.kubelet_version
+        if have is not None and have.split(".")[:2] == a.kubernetes_version.split(".")[:2]:
+            return (
+                f"recovered from the host ({seen}): kubelet reports {have}, so Kubernetes "
+                f"{a.kubernetes_version} is installed; the join runs nodeadm init only"
+            )
         return (
-            f"recovered from the host ({seen}): kubelet reports "
-            f"{facts.kubelet_version or 'no version'}; the join installs only if that is not "
-            f"Kubernetes {a.kubernetes_version}"
+            f"recovered from the host ({seen}): kubelet reports {have or 'no version'}, not "
+            f"Kubernetes {a.kubernetes_version}; the join installs it again"
         )
     return f"nothing done on the host ({seen}): a fresh join"
 

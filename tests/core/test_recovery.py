@@ -23,12 +23,12 @@ SSM_NODE = "mi-0123456789abcdef0"
         (lc.HostFacts(True, "active", SSM_NODE), lc.Phase.JOINED, "1.31", [], "already joined"),
         # The tracker alone: what kubelet reports is installed; preflight then skips install.
         (lc.HostFacts(True, "inactive", SSM_NODE, "1.31.4"), lc.Phase.PREFLIGHT, "1.31.4",
-         ["RunChecks"], "kubelet reports 1.31.4"),
+         ["RunChecks"], "nodeadm init only"),
         (lc.HostFacts(True, "active", None, "1.31.4"), lc.Phase.PREFLIGHT, "1.31.4",
-         ["RunChecks"], "kubelet reports 1.31.4"),
+         ["RunChecks"], "nodeadm init only"),
         # The tracker, but kubelet says nothing: nothing is taken as installed.
         (lc.HostFacts(True, "inactive", SSM_NODE), lc.Phase.PREFLIGHT, None, ["RunChecks"],
-         "kubelet reports no version"),
+         "reports no version, not Kubernetes 1.31; the join installs it again"),
         # Nothing on the host: a fresh join.
         (lc.HostFacts(False, "active", SSM_NODE), lc.Phase.PREFLIGHT, None, ["RunChecks"],
          "a fresh join"),
