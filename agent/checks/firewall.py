@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from agent.checks.base import (
@@ -31,7 +32,7 @@ from agent.checks.base import (
 from agent.host.proc import ProcessError, run
 
 # Whose VXLAN port a number is, for messages; any other configured port is named bare.
-CNI_OF_PORT = {8472: "Cilium", 4789: "Calico"}
+CNI_OF_PORT = MappingProxyType({8472: "Cilium", 4789: "Calico"})
 # firewall-cmd --state exits 251 ("running but failed") or 252 ("not running") when stopped.
 FIREWALLD_STOPPED = (251, 252)
 # Only rules from Anywhere count, as nodeadm's parser reads them (``ufw status`` table).

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent._compat import StrEnum
+from agent.core.strenum import StrEnum
 
 
 class CheckStatus(StrEnum):

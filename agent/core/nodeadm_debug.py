@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from agent.core.nodeadm_errors import scrub
@@ -25,7 +26,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _VERDICT = re.compile(r"\[(Success|Failed)\]\s*$")
 _NODE = re.compile(r"^(?P<indent>[ │]*)[├└]─ ?(?P<text>.*)$")
 # Tree levels by the column of the branch: 2 (Error), 5 (its text, Remediation, stderr), 8.
-_LEVELS = {2: 1, 5: 2, 8: 3}
+_LEVELS = MappingProxyType({2: 1, 5: 2, 8: 3})
 
 
 @dataclass(frozen=True)
