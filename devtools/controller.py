@@ -1,4 +1,4 @@
-"""A small controller speaking contract §2, for tests and the demo.
+"""A small controller speaking docs/api/openapi.yaml, for tests and the demo.
 
 `Controller` is a stdlib `ThreadingHTTPServer` on 127.0.0.1 in a daemon thread: hosts
 register with a registration token, poll their assignment with the host token they got

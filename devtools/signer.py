@@ -1,4 +1,4 @@
-"""Command envelopes signed the way the controller signs them (contract §4).
+"""Command envelopes signed the way the controller signs them (docs/controller.md).
 
 Tests, the demo and benchmarks need commands an agent will accept, and commands it must
 refuse (expired, tampered, unsigned). `CommandSigner` holds one Ed25519 key and builds

@@ -1,4 +1,4 @@
-"""Preflight checks (contract §5): declared units, their registry, one runner, and reports.
+"""Preflight checks (the README check table): declared units, their registry, one runner, and reports.
 
 Each check is a `Check` value in a module of its own; `registry.CHECKS` lists them in the
 contract's order; `run_checks` runs them against a `CheckContext`; `report` renders the

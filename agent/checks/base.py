@@ -1,6 +1,6 @@
 """What a preflight check is: a declared unit with an id, a title, a timeout and one `run`.
 
-Each check of contract §5 is a `Check` value: its id and title, the remedy an operator sees
+Each check of the README check table is a `Check` value: its id and title, the remedy an operator sees
 when it does not pass, its time budget, whether it needs an assignment, and an async `run`
 that looks at the host through a `CheckContext` and returns a `CheckVerdict` (status,
 message, optional remedy, details). Checks never build `CheckResult`s themselves: the runner
@@ -116,7 +116,7 @@ CheckFn = Callable[[CheckContext], Awaitable[CheckVerdict]]
 
 @dataclass(frozen=True)
 class Check:
-    """One preflight check of contract §5, declared once in the registry."""
+    """One preflight check of the README check table, declared once in the registry."""
 
     id: str
     title: str

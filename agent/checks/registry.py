@@ -1,4 +1,4 @@
-"""The preflight checks of contract §5, in the contract's table order.
+"""The preflight checks of the README check table, in the contract's table order.
 
 The registry is an immutable tuple: a new check is one `Check` value in its own module and
 one line here. The runner, the CLI's ``--only`` and the ``run-checks`` command all take

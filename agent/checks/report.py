@@ -1,7 +1,7 @@
 """Preflight results for people and programs: a terminal table and the contract's JSON.
 
 `to_json` is the ``{"checks": [...], "summary": {...}}`` of ``edge-agent check --json`` and
-the ``run-checks`` reply (contract §5). `render_table` is what an operator reads at a
+the ``run-checks`` reply (the README check table). `render_table` is what an operator reads at a
 console: one line per check, the remedy under every line that is not a pass or a skip, and
 a summary that says whether install and init are blocked.
 """

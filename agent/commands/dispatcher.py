@@ -1,4 +1,4 @@
-"""Remote command dispatch (contract §4): from raw MQTT payload to exactly one final reply.
+"""Remote command dispatch (docs/controller.md): from raw MQTT payload to exactly one final reply.
 
 Envelope checks run in the contract's order (agent/core/envelope.py up to the signature, then
 here: duplicate ids, ``unknown_command``, ``bad_args``, ``busy``). Only verified ids enter

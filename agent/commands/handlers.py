@@ -1,4 +1,4 @@
-"""The twelve remote commands of contract §4, each a small declared unit.
+"""The twelve remote commands of docs/controller.md, each a small declared unit.
 
 Each `CommandSpec` names its argument rules, whether it is exclusive, and its timeout; the
 work itself is done by the agent through the narrow `AgentOps` interface, so these units hold

@@ -209,7 +209,7 @@ class CommandLedger:
     def record_start(self, envelope: CommandEnvelope) -> LedgerEntry:
         """Record a verified command as `accepted`, durably, before it runs.
 
-        Only envelopes whose signature verified belong here (contract §4): an unverified id
+        Only envelopes whose signature verified belong here (docs/controller.md): an unverified id
         must not be able to block, or answer for, a real command. Raises `DuplicateCommandId` if the id is known, `LedgerFull` if no slot can be
         freed safely, `OSError` if the write failed; in each case the command must not run.
         """

@@ -1,4 +1,4 @@
-"""The controller's Ed25519 public key and the verifier built on it (contract §4).
+"""The controller's Ed25519 public key and the verifier built on it (docs/controller.md).
 
 The agent verifies with PyNaCl (libsodium, ~1 MB RSS) rather than `cryptography` (~7 MB),
 so the PEM file is parsed here by hand. That is safe because only one shape is accepted:

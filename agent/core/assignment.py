@@ -1,4 +1,4 @@
-"""The host's assignment (contract §2): which cluster to join, with which credentials.
+"""The host's assignment (docs/api/openapi.yaml): which cluster to join, with which credentials.
 
 Parsed from the controller's JSON or a local YAML/JSON file into a frozen `Assignment`.
 Unknown fields are ignored (the controller may be newer than us); a missing or ill-typed

@@ -1,4 +1,4 @@
-"""Preflight check results (contract §5) and their summary: pure data, no I/O.
+"""Preflight check results (the README check table) and their summary: pure data, no I/O.
 
 A `CheckResult` is what every check returns and what `edge-agent check --json`, the
 ``check`` events, the ``run-checks`` reply and status ``checks`` are built from.

@@ -1,4 +1,4 @@
-"""The controller client's decisions, apart from HTTP itself (contract §2).
+"""The controller client's decisions, apart from HTTP itself (docs/api/openapi.yaml).
 
 What a reply's status means as a status ``last_error`` code (and whether only an operator can
 fix it, or the host token must be renewed), how long to wait (``Retry-After`` in seconds or
@@ -24,7 +24,7 @@ REDACTED = "<redacted>"
 EXCERPT_CHARS = 200
 # TLS alerts a server sends about *our* certificate. Under TLS 1.3 they arrive after the
 # client's handshake has finished, as a raw ssl.SSLError on the first read that httpx does
-# not wrap (notes/python-stack.md §6). They are refusals, not transient faults.
+# not wrap. They are refusals, not transient faults.
 _CLIENT_CERT_ALERT = re.compile(
     r"ALERT_(CERTIFICATE_\w+|BAD_CERTIFICATE|UNKNOWN_CA|ACCESS_DENIED)$"
 )

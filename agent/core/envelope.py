@@ -55,7 +55,7 @@ REJECTION_ORDER: Final = (
 )
 
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# How much of an oversized payload is searched for an id (contract §4).
+# How much of an oversized payload is searched for an id (docs/controller.md).
 SNIFF_BYTES: Final = 256
 # Deeper documents are bad_json. No command needs more than a few levels, and the bound
 # keeps both the parser and `canonical_bytes` well clear of Python's recursion limit, so a
@@ -161,7 +161,7 @@ def _walk(doc: Any) -> None:
 
 
 def strict_loads(data: bytes) -> Any:
-    """Parse strict JSON (contract §4); `BadJson` is the only exception it raises."""
+    """Parse strict JSON (docs/controller.md); `BadJson` is the only exception it raises."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -1,4 +1,4 @@
-"""The host lifecycle (contract §6) as a pure state machine.
+"""The host lifecycle (docs/architecture.md) as a pure state machine.
 
 ``step(state, event, now, policy) -> (state, actions)``: no asyncio, no clock, no I/O. The
 driver (agent/lifecycle_driver.py) turns timers, check runs and nodeadm runs into events and

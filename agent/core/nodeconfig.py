@@ -1,4 +1,4 @@
-"""The NodeConfig nodeadm reads, rendered from the host's `Assignment` (contract §6).
+"""The NodeConfig nodeadm reads, rendered from the host's `Assignment` (docs/architecture.md).
 
 `render_nodeconfig` is a pure translation into nodeadm's ``node.eks.aws/v1alpha1`` document:
 cluster, hybrid credentials (SSM activation or IAM Roles Anywhere) and kubelet flags built

@@ -1,4 +1,4 @@
-"""Host files read under the host root (contract §1).
+"""Host files read under the host root (the host-root rule).
 
 Every host path the agent inspects (`/etc/os-release`, `/proc/1/mountinfo`, apt lists, the
 nodeadm tracker, ...) goes through `HostRoot`, so the agent can run in a container with the

@@ -1,4 +1,4 @@
-"""Host metrics for the health message (contract §3): the only module that imports psutil.
+"""Host metrics for the health message (docs/api/asyncapi.yaml): the only module that imports psutil.
 
 A sample costs about 0.3 ms, so it runs inline on the event loop. CPU percent is computed
 from our own ``cpu_times()`` deltas: psutil's ``cpu_percent(None)`` keeps its state per thread

@@ -1,6 +1,6 @@
 """The nodeadm runner: install, init, upgrade, uninstall, debug and version on this host.
 
-`NodeadmRunner` turns an `Assignment` into nodeadm's argument lists (contract §6), runs
+`NodeadmRunner` turns an `Assignment` into nodeadm's argument lists (docs/architecture.md), runs
 one step at a time (an `asyncio.Lock`; a second caller waits), and judges the result the
 way nodeadm's quirks require: init and upgrade exit 0 when nothing is installed, so success
 also needs the tracker under the host root and, for init, kubelet ``active``. Each step's
@@ -79,7 +79,7 @@ class DebugReport:
     log_path: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The ``nodeadm-debug`` command's result (contract §4)."""
+        """The ``nodeadm-debug`` command's result (docs/controller.md)."""
         return {"ok": self.ok, "items": [i.as_dict() for i in self.items]}
 
 

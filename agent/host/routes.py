@@ -5,7 +5,7 @@ addresses and masks are 32-bit hex in host byte order (little-endian on every pl
 support), flags are hex ``RTF_*`` bits. Reading it needs no netlink and works from a
 container that sees the host's ``/proc``. Policy-routing tables other than main are not
 shown there; the agent judges the main table, which is where static VPN routes live.
-Changing a route goes through the configured ``ip`` program (contract §1), never a shell.
+Changing a route goes through the configured ``ip`` program (the host-root rule), never a shell.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the agent publishes to the broker, and how each kind travels (contract §3).
+"""What the agent publishes to the broker, and how each kind travels (docs/api/asyncapi.yaml).
 
 `Outgoing` is one serialised message with the kind that decides its path: status, events and
 replies are QoS 1 and go through the on-disk outbox (status retained, the rest not); health is

@@ -1,4 +1,4 @@
-"""The bounded on-disk FIFO of QoS 1 messages that survives agent restarts (contract §3).
+"""The bounded on-disk FIFO of QoS 1 messages that survives agent restarts (docs/api/asyncapi.yaml).
 
 `directory/log` is one append-only file of records (the format is `agent.link.outboxlog`'s):
 messages, and tombstones naming ids that left, acknowledged by the broker (`ack`, after its

@@ -1,4 +1,4 @@
-"""A wall clock that never goes backwards, even across restarts (contract §4).
+"""A wall clock that never goes backwards, even across restarts (docs/controller.md).
 
 Command validity is judged against "now", and a replayed command is refused either because
 its id is in the ledger or because it has expired. Stepping the system clock back (a dead

@@ -178,7 +178,7 @@ def test_file_errors_name_the_path(tmp_path: Path) -> None:
 
 
 def test_the_agent_package_does_not_import_cryptography() -> None:
-    # Its ~7 MB RSS is why the verifier is PyNaCl (notes/python-stack.md §10).
+    # Its ~7 MB RSS is why the verifier is PyNaCl.
     import agent.commands.signature as signature
     import agent.core.envelope as envelope
 

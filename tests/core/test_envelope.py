@@ -1,4 +1,4 @@
-"""Every rejection code of contract §4, in the contract's order, against a real Ed25519 key.
+"""Every rejection code of docs/controller.md, in the contract's order, against a real Ed25519 key.
 
 Envelopes are signed here with `cryptography` over the canonical bytes written out by hand
 (not through the agent's `canonical_bytes`), and verified with the agent's PyNaCl verifier,

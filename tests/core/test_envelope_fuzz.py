@@ -106,7 +106,7 @@ def _lone_surrogate_or_deep(node: Any, depth: int = 1) -> bool:
 
 
 def strictly_bad(payload: bytes) -> bool:
-    """An independent reading of contract §4's strict JSON: True when it is bad_json."""
+    """An independent reading of docs/controller.md's strict JSON: True when it is bad_json."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:

@@ -1,4 +1,4 @@
-"""Table-driven tests of the pure lifecycle state machine (contract §6): no fixtures, no I/O."""
+"""Table-driven tests of the pure lifecycle state machine (docs/architecture.md): no fixtures, no I/O."""
 
 from __future__ import annotations
 

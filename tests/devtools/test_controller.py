@@ -1,4 +1,4 @@
-"""The fake controller answers contract §2 the way the agent will meet it.
+"""The fake controller answers docs/api/openapi.yaml the way the agent will meet it.
 
 Every test talks HTTP (or HTTPS with trustme certificates) to the real server thread
 through httpx: registration and its failure codes, assignment polling with ETags, injected

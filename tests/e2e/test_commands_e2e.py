@@ -1,4 +1,4 @@
-"""Remote commands end to end (contract §4): signed envelopes published by a paho commander
+"""Remote commands end to end (docs/controller.md): signed envelopes published by a paho commander
 to a real Mosquitto, executed by `edge-agent run`, answered on `…/replies`.
 
 Every rejection code is seen as a `rejected` reply (and a payload without a readable id as

@@ -1,4 +1,4 @@
-"""The agent against the devtools controller (contract §2, §6): `edge-agent run` registers,
+"""The agent against the devtools controller (docs/api/openapi.yaml, docs/architecture.md): `edge-agent run` registers,
 rides out a failing controller, takes a replaced registration token without a restart,
 polls the assignment with its ETag, upgrades only once the controller has drained the node,
 ignores an older revision, and uploads a diagnostics bundle that holds no secret.

@@ -1,4 +1,4 @@
-"""Availability and the outbox as the controller sees them (contract §3): `edge-agent run`
+"""Availability and the outbox as the controller sees them (docs/api/asyncapi.yaml): `edge-agent run`
 against a real Mosquitto, observed by a paho commander. Online is retained with a session
 number; the will and a clean stop say offline for that same session; a late offline of an
 older session is answered with online at once; and everything published while the broker

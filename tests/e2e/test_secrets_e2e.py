@@ -1,4 +1,4 @@
-"""Secrets stay secret (contract §2, §3, §9): the SSM activation code, the registration token
+"""Secrets stay secret (docs/api/openapi.yaml, docs/api/asyncapi.yaml, config.example.yaml): the SSM activation code, the registration token
 and the host token never show in the agent's log, in anything it publishes over MQTT, or in
 a command reply, through a refused registration, a failed nodeadm run, debug logging and
 every command that reports on the host.

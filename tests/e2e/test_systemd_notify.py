@@ -1,4 +1,4 @@
-"""The daemon speaks systemd's notify protocol on a real datagram socket (contract §8):
+"""The daemon speaks systemd's notify protocol on a real datagram socket (docs/systemd.md):
 READY=1 once config and state are loaded (not waiting for an unreachable controller),
 STATUS=<phase>, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM.
 """

@@ -1,4 +1,4 @@
-"""A path to the broker that goes silently dead (contract §3): no RST, no FIN, bytes simply
+"""A path to the broker that goes silently dead (docs/api/asyncapi.yaml): no RST, no FIN, bytes simply
 vanish both ways, as when a NAT or VPN forgets the connection. Only keepalives can tell.
 
 The agent reaches Mosquitto through `devtools.broker.TcpProxy`; a commander connected to the

@@ -1,12 +1,12 @@
 """The broker killed (SIGKILL) and restarted over and over while the agent publishes and
-takes commands (contract §3, §4): no QoS 1 message is lost by the agent, and every command
+takes commands (docs/api/asyncapi.yaml, docs/controller.md): no QoS 1 message is lost by the agent, and every command
 runs exactly once, with exactly one final reply.
 
 A persistent commander (its broker session outlives the kills) plays the controller and
 sends signed commands throughout, `ping` and `run-checks` of two checks, whenever it is
 connected. Mosquitto saves its database on every change, but only after it has sent the
 PUBACK: a kill in between loses messages it acknowledged, which no publisher can prevent
-(the agent's duty ends at the PUBACK, contract §3). The broker logs every packet here, so
+(the agent's duty ends at the PUBACK, docs/api/asyncapi.yaml). The broker logs every packet here, so
 `devtools.brokerlog` tells from its own log which messages it acknowledged and lost; only
 those are excused, per topic, and nothing else may be missing.
 

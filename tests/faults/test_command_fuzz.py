@@ -1,4 +1,4 @@
-"""Fault injection on the command path (contract §4): whatever arrives on `…/commands`, the
+"""Fault injection on the command path (docs/controller.md): whatever arrives on `…/commands`, the
 dispatcher never crashes and every payload is answered, with a reply or an `error` event.
 
 The real `Dispatcher`, a real `CommandLedger` in a temporary directory, real Ed25519
@@ -217,7 +217,7 @@ def check(answers: list[Answer], replies: list[dict[str, Any]], errors: list[Any
     """Per payload: one immediate answer; per accepted command, one final reply of its own.
 
     Ids are not unique across payloads: an unverified message may carry a real command's id
-    (it is rejected without entering the ledger, contract §4), so a command's final reply is
+    (it is rejected without entering the ledger, docs/controller.md), so a command's final reply is
     one that is not the immediate answer of another payload.
     """
     assert not [e for e in errors if e[0] == "command_failed"], f"dispatcher crashed: {errors}"

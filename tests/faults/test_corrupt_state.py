@@ -1,4 +1,4 @@
-"""A damaged state file (contract §6: "crash or reboot at any point"): the agent starts, says
+"""A damaged state file (docs/architecture.md: "crash or reboot at any point"): the agent starts, says
 what it found (a log line and an `error` event naming the problem), and carries on from its
 backup, or, with no usable backup, from the facts on the host, without running again the
 nodeadm steps the host shows done.

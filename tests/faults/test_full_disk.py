@@ -1,4 +1,4 @@
-"""A full state disk (contract §3, §7): the agent keeps running, sheds health first (health is
+"""A full state disk (docs/api/asyncapi.yaml, the README CLI): the agent keeps running, sheds health first (health is
 never queued), keeps its QoS 1 messages as long as it can (in memory once the disk refuses
 them), says so in its status (`last_error.code = "state_storage_full"`), and recovers once
 space is back; even a SIGTERM on a full disk is a clean stop. `state_dir` is a 512 KiB tmpfs

@@ -1,4 +1,4 @@
-"""SIGKILL at random points of the join (contract §6): the agent dies, its nodeadm stand-in
+"""SIGKILL at random points of the join (docs/architecture.md): the agent dies, its nodeadm stand-in
 (in a session of its own) lives on, and the restarted agent must end that orphan before it
 resumes, never run nodeadm again for a step the state says is done, and join.
 

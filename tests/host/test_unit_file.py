@@ -1,4 +1,4 @@
-"""systemd/edge-agent.service: the directives contract §8 requires, and systemd's own verdict.
+"""systemd/edge-agent.service: the directives docs/systemd.md requires, and systemd's own verdict.
 
 The unit is parsed here (systemd allows a key to repeat, which configparser does not), and
 checked with `systemd-analyze verify` and `systemd-analyze security --offline` on a copy whose

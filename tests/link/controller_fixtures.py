@@ -24,7 +24,7 @@ UID = "edge-test-1"
 
 
 def registration_body(uid: str = UID) -> dict[str, Any]:
-    """A registration body as contract §2 shows it."""
+    """A registration body as docs/api/openapi.yaml shows it."""
     return {
         "uid": uid,
         "hostname": "store-12",
