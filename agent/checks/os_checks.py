@@ -18,10 +18,11 @@ from agent.checks.base import Check, CheckContext, CheckVerdict, failed, passed
 from agent.host.hostroot import OsRelease
 
 # The table "Supported hosts" in packaging/README.md, row for row (a test keeps them in step):
-# what nodeadm supports and the agent's packages install on. Not Ubuntu 20.04: its Python is 3.8.
+# what nodeadm supports. Ubuntu 20.04 is a supported host, but its python3 (3.8) is too old for
+# the agent's package: there the agent runs in a container with the host at `host.root`.
 SUPPORTED: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "ubuntu": ("22.04", "24.04"),
+        "ubuntu": ("20.04", "22.04", "24.04"),
         "rhel": ("8", "9"),
         "amzn": ("2023",),
     }

@@ -27,6 +27,7 @@ from tests.checks.helpers import (
     [
         ("ubuntu", "22.04"),
         ("ubuntu", "24.04"),
+        ("ubuntu", "20.04"),
         ("rhel", "8.10"),
         ("rhel", "9.4"),
         ("rhel", "9"),
@@ -45,9 +46,7 @@ async def test_supported_oses_pass(tmp_path: Path, os_id: str, version_id: str) 
 @pytest.mark.parametrize(
     ("os_id", "version_id", "expected"),
     [
-        ("ubuntu", "18.04", "is not a supported ubuntu release (22.04/24.04)"),
-        # nodeadm supports 20.04, but its Python 3.8 is below the agent's 3.10.
-        ("ubuntu", "20.04", "is not a supported ubuntu release (22.04/24.04)"),
+        ("ubuntu", "18.04", "is not a supported ubuntu release (20.04/22.04/24.04)"),
         ("rhel", "7.9", "is not a supported rhel release (8/9)"),
         ("amzn", "2", "is not a supported amzn release (2023)"),
         ("debian", "12", "(ID=debian) is not an OS nodeadm supports"),
