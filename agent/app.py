@@ -193,7 +193,7 @@ class Agent:
         key = command_key(config, on_change=self._key_changed)
         self.dispatcher = Dispatcher(
             uid=self.uid,
-            specs=build_specs(self.ops),
+            specs=build_specs(self.ops, debug_timeout_s=config.nodeadm.debug_timeout_s),
             ledger=self.ledger,
             now=self.clock.now,
             max_bytes=config.commands.max_bytes,

@@ -54,8 +54,9 @@ def _no_args(args: dict[str, Any]) -> dict[str, Any]:
     return _only({}, args)
 
 
-def build_specs(ops: AgentOps) -> dict[str, CommandSpec]:
-    """The command table for one agent."""
+def build_specs(ops: AgentOps, *, debug_timeout_s: float = 420.0) -> dict[str, CommandSpec]:
+    """The command table for one agent. `debug_timeout_s` is nodeadm debug's own limit: the
+    command's is longer, so the runner can still return the items printed when it is hit."""
 
     async def ping(_a: dict[str, Any], _p: Progress) -> dict[str, Any]:
         return {"pong": True, "agent_version": ops.agent_version, "uptime_s": ops.uptime_s()}
@@ -152,7 +153,7 @@ def build_specs(ops: AgentOps) -> dict[str, CommandSpec]:
             timeout_s=3600,
             on_cancel=lifecycle_cancel,
         ),
-        CommandSpec("nodeadm-debug", debug, _no_args, timeout_s=300),
+        CommandSpec("nodeadm-debug", debug, _no_args, timeout_s=debug_timeout_s + 30),
         CommandSpec(
             "collect-diagnostics", diagnostics, lambda a: _only({"upload": bool}, a), timeout_s=600
         ),

@@ -1,14 +1,11 @@
 """The nodeadm runner: install, init, upgrade, uninstall, debug and version on this host.
 
-`NodeadmRunner` turns an `Assignment` into nodeadm's argument lists (docs/architecture.md), runs
-one step at a time (an `asyncio.Lock`; a second caller waits), and judges the result the
-way nodeadm's quirks require: init and upgrade exit 0 when nothing is installed, so success
-also needs the tracker under the host root and, for init, kubelet ``active``. Each step's
-output is kept in ``state_dir/logs/nodeadm-<step>.log`` and every line is handed to
-``on_line`` and to the log as it appears. Steps run as transient systemd units when the
-agent's own sandbox must not constrain nodeadm (python-stack §3: hardening is inherited by
-children, and ``KillMode=control-group`` would kill an in-flight nodeadm on restart).
-Process mechanics (file logging, process groups, run records, orphans) live in
+`NodeadmRunner` turns an `Assignment` into nodeadm's argument lists and runs one step at a time
+(an `asyncio.Lock`), judging results the way nodeadm's quirks require: init and upgrade exit 0
+when nothing is installed, so success also needs the tracker and, for init, kubelet ``active``.
+Output goes to ``state_dir/logs/nodeadm-<step>.log`` and each line to ``on_line`` and the log.
+Under systemd steps run as transient units (docs/systemd.md: the agent's sandbox is inherited
+by children, and a restart must not kill an in-flight nodeadm); process mechanics live in
 `agent.host.nodeadm_proc`.
 """
 
@@ -225,11 +222,9 @@ class NodeadmRunner:
     async def debug(self, config_path: Path) -> DebugReport:
         """``nodeadm debug``: read-only and short, so it runs beside a step in flight.
 
-        It takes neither the step lock nor the run record (a join may take half an hour,
-        and the contract runs ``nodeadm-debug`` beside exclusive commands). Its active-node
-        validation waits up to 5 minutes for a Ready node, so the limit is its own
-        (``nodeadm.debug_timeout_s``); when it is hit, the validations printed so far are
-        reported and the one in flight fails with the reason.
+        It takes neither the step lock nor the run record. Its active-node validation waits
+        up to 5 minutes for a Ready node, so its limit is its own (``debug_timeout_s``); when
+        it is hit, the items printed so far are reported and the one in flight fails.
         """
         argv = [self._cfg.programs.nodeadm, "debug", "-c", _uri(config_path), "--no-color"]
         limit = self._cfg.nodeadm.debug_timeout_s
