@@ -1,8 +1,9 @@
 """The .deb installed with dpkg on Debian 12 (Python 3.11) and Debian 13 (Python 3.13) booted
 with systemd as PID 1 (tests/system/nspawn.py): postinst builds the venv for that python3, the
 unit is enabled, the installed agent runs, the service refuses the shipped config naming the key
-it lacks, and a purge leaves nothing. Debian 13's tree has no python3-venv: the package needs
-none. Never on this machine itself.
+it lacks, then, configured as tests/system/agent_host.py sets up a host (the nodeadm stand-in),
+the started service joins; and a purge leaves nothing. Debian 13's tree has no python3-venv: the
+package needs none. Never on this machine itself.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from agent import __version__
 from tests.packaging.conftest import Build
+from tests.system.agent_host import AgentHost
 from tests.system.nspawn import BASE_PACKAGES, Machine, Tree, cannot_boot_reason, rootfs
 
 # Debian 13 without python3-venv (and its ensurepip): build-venv brings pip as a wheel.
@@ -66,6 +68,31 @@ def test_deb_installs_runs_under_systemd_and_purges(
             logs = " ".join(e.get("MESSAGE", "") for e in m.journal("-u", "edge-agent"))
             assert "controller.url" in logs, logs[-2000:]
             m.run(["systemctl", "stop", "edge-agent"], check=False)
+
+            # Configured as a test host (made-up host tree, nodeadm stand-in, kubelet, an
+            # assignment), the installed service starts and the host joins.
+            h = AgentHost(m, build.deb)
+            h.prepare()
+            m.run(["systemctl", "start", "edge-agent"])
+            try:
+                h.wait_phase("joined", 90)
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{h.diagnostics()}") from None
+            st = h.show("ActiveState", "SubState", "MainPID", "NRestarts", "StatusText")
+            assert (st["ActiveState"], st["SubState"]) == ("active", "running"), (
+                st,
+                h.diagnostics(),
+            )
+            assert int(st["MainPID"]) > 0 and st["NRestarts"] == "0", st
+            assert st["StatusText"] == "joined", st
+            # systemd's main process is the installed agent itself.
+            args = m.run(["ps", "-o", "args=", "-p", st["MainPID"]]).stdout
+            assert "/usr/lib/edge-agent/bin/edge-agent run" in args, args
+            calls = [c[0] for c in h.nodeadm_calls() if c[0] in ("install", "init")]
+            assert calls == ["install", "init"], calls
+            m.run(["systemctl", "stop", "edge-agent"])
+            assert h.show("ActiveState", "Result") == {"ActiveState": "inactive",
+                                                       "Result": "success"}  # fmt: skip
 
             # A second configure (dpkg-reconfigure, an upgrade) rebuilds in place.
             r = m.run(["dpkg-reconfigure", "edge-agent"], check=False)
