@@ -149,6 +149,11 @@ echo /etc/edge-agent/config.yaml >"$PKG/DEBIAN/conffiles"
 
 # The wheelhouse has compiled wheels for 3.10 to 3.13; build-venv refuses any other minor.
 DEPENDS="python3 (>= 3.10), python3 (<< 3.14)"
+# What the unit and the agent execute: /bin/kill for ExecReload= (procps, not Essential),
+# systemd-run, systemctl and journalctl (systemd), and a running system bus for
+# `systemd-run --wait` (systemd only Recommends dbus; without it the first step fails with
+# "Failed to connect to bus").
+DEPENDS="$DEPENDS, systemd, procps, dbus | dbus-broker"
 cat >"$PKG/DEBIAN/control" <<CONTROL
 Package: edge-agent
 Version: $VERSION

@@ -110,6 +110,7 @@ def _sources() -> list[Path]:
     files = [*REPO.glob("agent/**/*.py"), *REPO.glob("devtools/fakehost/*.py")]
     files += [REPO / "pyproject.toml", REPO / "devtools/__init__.py", FRAGMENT]
     files += [REPO / "systemd/edge-agent.service", REPO / "packaging/build-deb.sh"]
+    files += [REPO / "packaging/wheelhouse.py", REPO / "packaging/build-venv.sh"]
     return [*files, Path(__file__).resolve()]
 
 
@@ -157,7 +158,11 @@ def wheelhouse(out: Path, version: str | None) -> Path:
         if n != 1:
             raise RuntimeError(f"no __version__ line in {init}")
         init.write_text(text)
-    target = ["--platform", "manylinux2014_x86_64", "--python-version", "3.11"]
+    # The image's architecture is this machine's; the wheelhouse serves every Python 3.10-3.13.
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    target = ["--arch", arch]
     build = [str(repo / "packaging/build-deb.sh"), "--wheels-only", "--out", str(out), *target]
     _run(build, timeout=600)
     return out / "wheelhouse"

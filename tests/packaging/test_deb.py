@@ -58,7 +58,10 @@ def test_build_is_named_by_version_and_arch_and_accepts_every_supported_python(
     assert field(build.deb, "Version") == __version__
     assert field(build.deb, "Architecture") == arch
     # Ubuntu 22.04's 3.10 up to Debian 13's 3.13: no pin on the build machine's minor.
-    assert field(build.deb, "Depends") == "python3 (>= 3.10), python3 (<< 3.14)"
+    # and what the unit and the agent execute (tests/system/test_package.py checks each one).
+    assert field(build.deb, "Depends") == (
+        "python3 (>= 3.10), python3 (<< 3.14), systemd, procps, dbus | dbus-broker"
+    )
     info = run("dpkg-deb", "--info", build.deb).stdout
     for script in ("postinst", "prerm", "postrm", "conffiles"):
         assert re.search(rf"\s{script}\b", info), f"{script} missing from the control archive"
