@@ -113,7 +113,12 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
 
 def fill(directory: Path) -> Path:
     """Fill the filesystem holding `directory` to the last byte, with one file (unbuffered
-    writes, ever smaller, until even 1 byte is refused)."""
+    writes, ever smaller, until even 1 byte is refused). Refuses a filesystem bigger than
+    64 MiB: if the small disk was unmounted under the test (a concurrent run's cleanup), this
+    fails the test instead of filling the machine's disk."""
+    st = os.statvfs(directory)
+    if st.f_blocks * st.f_frsize > 64 * 1024 * 1024:
+        raise AssertionError(f"{directory} is not on a small disk (any more); not filling it")
     filler = directory / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
