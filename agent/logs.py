@@ -23,7 +23,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 # `scrub` is re-exported: diagnostics scrubs its bundle with the logger's rule.
-from agent.core.redact import scrub
+from agent.core.redact import REDACTED, is_secret_key, scrub, usable_secrets
 
 __all__ = [
     "LEVELS",
@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 LEVELS = MappingProxyType({"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50})
+# How many top-level keys a redactor remembers the secrecy of (ours are a few dozen).
+_KEYS_KEPT = 512
 _SYSLOG = MappingProxyType(
     {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>", "critical": "<2>"}
 )
@@ -56,19 +58,44 @@ class LevelHolder:
         return LEVELS.get(level, 20) >= LEVELS[self.level]
 
 
+class _Redactor:
+    """The structlog processor `make_redactor` returns.
+
+    Every line passes here, so what rarely changes from line to line is kept: the secrets as
+    last sorted out, and whether each top-level key (named in our code) is secret-named.
+    Per logger, never per process: two agents in one process hold different secrets.
+    """
+
+    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
+        self._secrets = secrets
+        self._given: list[str] | None = None
+        self._known = usable_secrets(())
+        self._secret_key: dict[str, bool] = {}
+
+    def __call__(self, _logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+        given = list(self._secrets())
+        if given != self._given:
+            self._given, self._known = given, usable_secrets(given)
+        for key, value in event.items():
+            # exc_info is the exception itself, left for the console renderer to draw.
+            if key == "exc_info":
+                continue
+            hidden = self._secret_key.get(key)
+            if hidden is None:
+                hidden = is_secret_key(key)
+                if len(self._secret_key) < _KEYS_KEPT:
+                    self._secret_key[key] = hidden
+            event[key] = REDACTED if hidden else scrub(value, self._known)
+        return event
+
+
 def make_redactor(secrets: Callable[[], Iterable[str]]) -> Processor:
     """A structlog processor hiding secrets by `agent.core.redact`'s rules, at any depth.
 
     The secrets are asked for on every line: the activation code and the host token arrive
     after the logger is built, and the registration token is rotated.
     """
-
-    def redact(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
-        # exc_info is the exception itself, left for the console renderer to draw.
-        event.update(scrub({k: v for k, v in event.items() if k != "exc_info"}, secrets()))
-        return event
-
-    return redact
+    return _Redactor(secrets)
 
 
 def _level_filter(holder: LevelHolder) -> Processor:

@@ -102,3 +102,20 @@ def test_the_console_still_draws_a_traceback() -> None:
     except ValueError as e:
         log.error("failed", exc_info=e)
     assert "Traceback" in buf.getvalue() and "ValueError: boom" in buf.getvalue()
+
+
+def test_a_secret_that_arrives_later_is_hidden_from_then_on() -> None:
+    # The host token arrives after the logger is built, and the registration token rotates.
+    held: list[str] = []
+    buf = io.StringIO()
+    log = make_logger(level=LevelHolder("info"), fmt="json", stream=buf, secrets=lambda: held)
+    log.info("x", text="issued-token-0001")
+    held.append("issued-token-0001")
+    log.info("x", text="issued-token-0001")
+    held[0] = "issued-token-0002"
+    log.info("x", text="issued-token-0001 then issued-token-0002")
+    assert [r["text"] for r in lines(buf)] == [
+        "issued-token-0001",
+        "<redacted>",
+        "issued-token-0001 then <redacted>",
+    ]

@@ -30,6 +30,7 @@ __all__ = [
     "MIN_SECRET_LEN",
     "REDACTED",
     "SECRET_KEYS",
+    "UsableSecrets",
     "is_secret_key",
     "scrub",
     "scrub_text",
@@ -52,18 +53,33 @@ SECRET_KEYS = frozenset(
 )
 
 
+_ENDINGS = tuple(sorted(SECRET_KEYS))
+
+
 def is_secret_key(key: object) -> bool:
     """Whether a value under `key` is a secret by its name alone."""
     if not isinstance(key, str):
         return False
-    name = key.lower().replace("_", "").replace("-", "")
-    return name.endswith(tuple(SECRET_KEYS))
+    name = key.lower()
+    if "_" in name or "-" in name:
+        name = name.replace("_", "").replace("-", "")
+    return name.endswith(_ENDINGS)
 
 
-def usable_secrets(secrets: Iterable[str]) -> tuple[str, ...]:
+class UsableSecrets(tuple[str, ...]):
+    """Secrets already sorted out by `usable_secrets`: scrubbing many values with one of
+    these (every field of a log line) does not sort the same secrets again for each."""
+
+    __slots__ = ()
+
+
+def usable_secrets(secrets: Iterable[str]) -> UsableSecrets:
     """The secrets long enough to strike out of text, longest first, each once."""
+    if isinstance(secrets, UsableSecrets):
+        return secrets
     found = {s.strip() for s in secrets}
-    return tuple(sorted((s for s in found if len(s) >= MIN_SECRET_LEN), key=len, reverse=True))
+    long_enough = (s for s in found if len(s) >= MIN_SECRET_LEN)
+    return UsableSecrets(sorted(long_enough, key=len, reverse=True))
 
 
 def scrub_text(text: str, secrets: Iterable[str]) -> str:
@@ -89,10 +105,16 @@ def _strike(text: str, usable: Sequence[str]) -> str:
     return text
 
 
+_SCALARS = (int, float, type(None))
+
+
 def _scrub(value: object, usable: Sequence[str]) -> object:
+    # Every log line comes through here: the common cases first, the ABC check last.
     if isinstance(value, str):
         return _strike(value, usable)
-    if isinstance(value, Mapping):
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, (dict, Mapping)):
         return {k: REDACTED if is_secret_key(k) else _scrub(v, usable) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub(v, usable) for v in value]
