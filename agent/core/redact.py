@@ -51,9 +51,9 @@ SECRET_KEYS = frozenset(
         "token",
     }
 )
-
-
 _ENDINGS = tuple(sorted(SECRET_KEYS))
+# What a JSON-like walk returns as it is, tested before the costlier Mapping check.
+_SCALARS = (int, float, type(None))
 
 
 def is_secret_key(key: object) -> bool:
@@ -105,11 +105,8 @@ def _strike(text: str, usable: Sequence[str]) -> str:
     return text
 
 
-_SCALARS = (int, float, type(None))
-
-
 def _scrub(value: object, usable: Sequence[str]) -> object:
-    # Every log line comes through here: the common cases first, the ABC check last.
+    # Every field of every log line comes through here: the common cases first.
     if isinstance(value, str):
         return _strike(value, usable)
     if isinstance(value, _SCALARS):
