@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from agent.core.config import MetricsConfig
 from agent.core.lifecycle import Phase
+from agent.logs import Log
 from agent.state.atomic import write_bytes
 
 # Phases whose time is one nodeadm step; leaving one ends the step.
@@ -239,7 +240,7 @@ class MetricsExporter:
         config: MetricsConfig,
         snapshot: Callable[[], MetricsSnapshot],
         *,
-        log: Any,
+        log: Log,
         tally: Tally | None = None,
     ) -> None:
         self.config = config

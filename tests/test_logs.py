@@ -62,3 +62,60 @@ def test_level_changes_live_and_agents_are_independent() -> None:
     b.warning("for b")
     assert [r["event"] for r in lines(a_buf)] == ["shown"]
     assert [(r["event"], r["uid"]) for r in lines(b_buf)] == [("for b", "b")]
+
+
+def test_a_secret_is_hidden_in_a_log_line_as_everywhere_else() -> None:
+    # The rule of agent.core.redact, whichever the format: struck out by value (longest
+    # first, not when too short to be a secret), masked by key at any depth, known or not.
+    for fmt in ("json", "console"):
+        buf = io.StringIO()
+        log = make_logger(
+            level=LevelHolder("info"), fmt=fmt, stream=buf, secrets=lambda: [SECRET, "salt"]
+        )
+        log.info(
+            "nodeadm.line",
+            msg=f"code {SECRET} rejected",
+            fields={"activationCode": "abc", "note": "pass the salt"},
+            nested={"hostToken": "t"},
+        )
+        out = buf.getvalue()
+        assert SECRET not in out and "'abc'" not in out and "'t'" not in out
+        assert "code <redacted> rejected" in out and "pass the salt" in out
+        if fmt == "json":
+            rec = lines(buf)[0]
+            assert rec["fields"] == {"activationCode": "<redacted>", "note": "pass the salt"}
+            assert rec["nested"] == {"hostToken": "<redacted>"}
+
+
+def test_secret_named_keys_are_masked_before_any_secret_is_known() -> None:
+    buf = io.StringIO()
+    log = make_logger(level=LevelHolder("info"), fmt="json", stream=buf)
+    log.info("x", reply={"host_token": "issued-token-0001"})
+    assert lines(buf)[0]["reply"] == {"host_token": "<redacted>"}
+
+
+def test_the_console_still_draws_a_traceback() -> None:
+    buf = io.StringIO()
+    log = make_logger(level=LevelHolder("info"), fmt="console", stream=buf)
+    try:
+        raise ValueError("boom")
+    except ValueError as e:
+        log.error("failed", exc_info=e)
+    assert "Traceback" in buf.getvalue() and "ValueError: boom" in buf.getvalue()
+
+
+def test_a_secret_that_arrives_later_is_hidden_from_then_on() -> None:
+    # The host token arrives after the logger is built, and the registration token rotates.
+    held: list[str] = []
+    buf = io.StringIO()
+    log = make_logger(level=LevelHolder("info"), fmt="json", stream=buf, secrets=lambda: held)
+    log.info("x", text="issued-token-0001")
+    held.append("issued-token-0001")
+    log.info("x", text="issued-token-0001")
+    held[0] = "issued-token-0002"
+    log.info("x", text="issued-token-0001 then issued-token-0002")
+    assert [r["text"] for r in lines(buf)] == [
+        "issued-token-0001",
+        "<redacted>",
+        "issued-token-0001 then <redacted>",
+    ]

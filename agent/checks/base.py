@@ -20,6 +20,7 @@ from agent.core.assignment import Assignment
 from agent.core.checks import CheckStatus
 from agent.core.config import Config
 from agent.host.hostroot import HostRoot, arch
+from agent.logs import Log
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class CheckContext:
     addresses: tuple[str, ...]
     now: float
     allow_changes: bool
-    log: Any
+    log: Log
     arch: str = field(default_factory=arch)
 
     @classmethod
@@ -54,7 +55,7 @@ class CheckContext:
         addresses: tuple[str, ...] = (),
         now: float | None = None,
         allow_changes: bool = False,
-        log: Any = None,
+        log: Log | None = None,
     ) -> CheckContext:
         """A context whose host root and state dir come from the config."""
         if log is None:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from agent.core.config_rules import ConfigError, ConfigMissing, Problem, Reader, kind, rule
+from agent.core.redact import scrub
 
 __all__ = [
     "EKS_BIND_MOUNTS",
@@ -315,10 +316,14 @@ class Config:
                 "is required when mqtt is set (commands must be signed)",
             )
 
-    def redacted(self) -> dict[str, Any]:
-        """A JSON-able view for diagnostics; secrets live in files and are named, not read."""
+    def redacted(self) -> dict[str, object]:
+        """A JSON-able view for diagnostics; secrets live in files and are named, not read.
 
-        def conv(v: Any) -> Any:
+        A secret-named key (a host label called ``token``, say) is masked by
+        `agent.core.redact`'s rules; the MQTT username is only said to be set.
+        """
+
+        def conv(v: object) -> object:
             if dataclasses.is_dataclass(v) and not isinstance(v, type):
                 return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
             if isinstance(v, Path):
@@ -329,11 +334,11 @@ class Config:
                 return {str(k): conv(x) for k, x in v.items()}
             return v
 
-        out = conv(self)
+        out = scrub({f.name: conv(getattr(self, f.name)) for f in dataclasses.fields(self)}, ())
         mqtt = out.get("mqtt")
         if isinstance(mqtt, dict) and mqtt.get("username"):
             mqtt["username"] = "<set>"
-        return dict(out)
+        return out
 
 
 def parse_config(

@@ -3,9 +3,10 @@
 What a reply's status means as a status ``last_error`` code (and whether only an operator can
 fix it, or the host token must be renewed), how long to wait (``Retry-After`` in seconds or
 as an HTTP date, the slow delay of a refusal), what a registration reply must carry, and what
-of an error body may be shown (a short printable excerpt, scrubbed of secrets). Pure: the
-clock and the random source are passed in, so every rule is tested by a table of values;
-`agent.link.controller` does the talking and raises the errors these verdicts describe.
+of an error body may be shown (a short printable excerpt, which the client scrubs of secrets
+with `agent.core.redact`). Pure: the clock and the random source are passed in, so every rule
+is tested by a table of values; `agent.link.controller` does the talking and raises the errors
+these verdicts describe.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
-REDACTED = "<redacted>"
 EXCERPT_CHARS = 200
 # TLS alerts a server sends about *our* certificate. Under TLS 1.3 they arrive after the
 # client's handshake has finished, as a raw ssl.SSLError on the first read that httpx does
@@ -139,14 +138,3 @@ def error_excerpt(raw: bytes) -> str:
         text = raw[:EXCERPT_CHARS].decode("utf-8", "replace")
     text = "".join(c if c.isprintable() else " " for c in text).strip()[:EXCERPT_CHARS]
     return f": {text}" if text else ""
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced by ``<redacted>``.
-
-    A controller or a proxy may echo the Authorization header in an error body. Longest
-    first, so a secret that contains another is not left half visible.
-    """
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from agent.core.nodeadm_errors import scrub
+from agent.core.redact import scrub_text
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _VERDICT = re.compile(r"\[(Success|Failed)\]\s*$")
@@ -90,10 +90,10 @@ class _Item:
             error = unfinished or "nodeadm debug ended before this validation finished"
         remedies = list(dict.fromkeys(self.remediations))
         return DebugItem(
-            description=scrub(self.description, secrets),
+            description=scrub_text(self.description, secrets),
             ok=self.verdict == "Success",
-            error=scrub(error.strip(), secrets) if error else None,
-            remediation=scrub("\n".join(remedies), secrets) if remedies else None,
+            error=scrub_text(error.strip(), secrets) if error else None,
+            remediation=scrub_text("\n".join(remedies), secrets) if remedies else None,
         )
 
 

@@ -7,7 +7,8 @@ nodeadm logs with zap: one JSON object per line on stderr (``level``, ``ts``, ``
 `classify` maps a finished step to one of the contract's ``last_error`` codes (§6) with one
 readable sentence. Pure: no I/O, no clock; the runner supplies what it observed on the host
 (tracker present, kubelet active). Secrets are scrubbed here, once, for every message that
-leaves: nodeadm does not print the activation code, but an AWS error echoing a request might.
+leaves, by `agent.core.redact`'s rules: nodeadm does not print the activation code, but an AWS
+error echoing a request might.
 """
 
 from __future__ import annotations
@@ -16,17 +17,14 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from agent.core.redact import scrub, scrub_text
 from agent.core.timefmt import iso
 
-REDACTED = "<redacted>"
-# Shorter strings are not scrubbed: replacing a 1-7 character "secret" (a test value, a
-# misconfigured code) everywhere would mangle ordinary words without protecting anything.
-MIN_SECRET_LEN = 8
 _LEVELS = frozenset({"debug", "info", "warn", "error", "dpanic", "panic", "fatal"})
 _KNOWN_KEYS = ("level", "ts", "caller", "msg")
 
@@ -64,7 +62,7 @@ class NodeadmLine:
 
     level: str
     msg: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, object] = field(default_factory=dict)
     ts: str | None = None
     caller: str | None = None
     raw: bool = False
@@ -79,38 +77,20 @@ class NodeadmLine:
         return {"level": self.level, "msg": self.msg, "fields": dict(self.fields)}
 
 
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced by ``<redacted>``, longest first."""
-    for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET_LEN}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
-
-
-def _scrub_value(value: Any, secrets: Sequence[str]) -> Any:
-    if isinstance(value, str):
-        return scrub(value, secrets)
-    if isinstance(value, list):
-        return [_scrub_value(v, secrets) for v in value]
-    if isinstance(value, dict):
-        return {k: _scrub_value(v, secrets) for k, v in value.items()}
-    return value
-
-
 def scrub_line(line: NodeadmLine, secrets: Sequence[str]) -> NodeadmLine:
-    """The same line with secrets removed from its message and every string field."""
-    if not any(len(s) >= MIN_SECRET_LEN for s in secrets):
-        return line
+    """The same line hidden by `agent.core.redact`'s rules: secrets struck from its message
+    and every string field, and every secret-named field masked whatever its value."""
     return NodeadmLine(
         level=line.level,
-        msg=scrub(line.msg, secrets),
-        fields={k: _scrub_value(v, secrets) for k, v in line.fields.items()},
+        msg=scrub_text(line.msg, secrets),
+        fields=scrub(line.fields, secrets),
         ts=line.ts,
         caller=line.caller,
         raw=line.raw,
     )
 
 
-def _ts(value: Any) -> str | None:
+def _ts(value: object) -> str | None:
     """The line's time as the contract writes times (UTC, ``Z``).
 
     Early nodeadm builds used zap's default epoch-float encoder; current ones ISO 8601 with
@@ -137,7 +117,7 @@ def parse_line(text: str) -> NodeadmLine | None:
     stripped = text.strip()
     if not stripped:
         return None
-    doc: Any = None
+    doc: object = None
     if stripped.startswith("{"):
         try:
             doc = json.loads(stripped)
@@ -236,7 +216,7 @@ def classify(
     """
     if exit_code == 0 and not timed_out:
         if step in ("init", "upgrade") and tracker_present is False:
-            return "not_installed", scrub(
+            return "not_installed", scrub_text(
                 f"nodeadm {step} exited 0 but did nothing: the components are not installed "
                 f"(no /opt/nodeadm/tracker). {_HINTS['not_installed']}",
                 secrets,
@@ -272,4 +252,4 @@ def classify(
     out = _sentence(message)
     if remedy and remedy.lower() not in out.lower():
         out = f"{out} {_sentence(remedy)}"
-    return code, scrub(out, secrets)
+    return code, scrub_text(out, secrets)

@@ -11,17 +11,16 @@ agent/host/nodeconfig_file.py's job.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import yaml
 
 from agent.core.assignment import Assignment
 from agent.core.node_labels import refusal
+from agent.core.redact import scrub
 
 API_VERSION = "node.eks.aws/v1alpha1"
 KIND = "NodeConfig"
-REDACTED = "<redacted>"
 
 
 def _flag_name(flag: str) -> str:
@@ -119,9 +118,7 @@ def dump_nodeconfig(doc: dict[str, Any]) -> bytes:
 
 
 def redact_nodeconfig(doc: dict[str, Any]) -> dict[str, Any]:
-    """A copy with the SSM activation code replaced, for logs, diagnostics and the CLI."""
-    out = copy.deepcopy(doc)
-    ssm = out.get("spec", {}).get("hybrid", {}).get("ssm")
-    if isinstance(ssm, dict) and "activationCode" in ssm:
-        ssm["activationCode"] = REDACTED
-    return out
+    """A copy safe to show, for logs, diagnostics and the CLI: the SSM ``activationCode``
+    (and any other secret-named key) masked by `agent.core.redact`'s rules."""
+    shown: dict[str, object] = scrub(doc, ())
+    return shown

@@ -28,12 +28,11 @@ from agent.core.nodeadm_errors import (
     NodeadmLine,
     classify,
     parse_line,
-    scrub,
     scrub_line,
 )
+from agent.core.redact import scrub_text
 from agent.host.hostroot import HostRoot
 from agent.host.nodeadm_proc import (
-    Log,
     RunRecord,
     RunResult,
     end_recorded,
@@ -44,6 +43,7 @@ from agent.host.nodeadm_unit import step_unit, systemd_run_argv
 from agent.host.nodeconfig_file import write_nodeconfig
 from agent.host.proc import ProcessError, transient, use_transient_units
 from agent.host.proc import run as run_program
+from agent.logs import Log
 
 RUN_RECORD = "nodeadm-run.json"
 SKIP_DRAINED = "pod-validation,node-validation"
@@ -407,7 +407,7 @@ class NodeadmRunner:
         secrets = self._secret_list(a)
         if result.spawn_error is not None:
             code: str | None = "nodeadm_failed"
-            message = scrub(result.spawn_error, secrets)
+            message = scrub_text(result.spawn_error, secrets)
         elif result.canceled:
             code, message = "canceled", f"nodeadm {step} was canceled and its processes ended."
         else:

@@ -24,13 +24,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from agent import _compat
 from agent.host.nodeadm_log import LogFollower, rotate
 from agent.host.nodeadm_unit import forget_unit, stop_unit, unit_active, unit_state
 from agent.host.proc import ProcessError, child_env, kill_group
 from agent.host.proc import run as run_program
+from agent.logs import Log
 from agent.state.atomic import write_json
 
 POLL_S = 0.05
@@ -38,15 +39,6 @@ POLL_S = 0.05
 UNIT_POLL_S = 1.0
 KILL_GRACE_S = 5.0
 PROC = Path("/proc")
-
-
-class Log(Protocol):
-    """The structured logger the nodeadm modules need (a structlog BoundLogger fits)."""
-
-    def debug(self, event: str, /, **kw: Any) -> Any: ...
-    def info(self, event: str, /, **kw: Any) -> Any: ...
-    def warning(self, event: str, /, **kw: Any) -> Any: ...
-    def error(self, event: str, /, **kw: Any) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -38,20 +38,20 @@ from agent.core.controller_policy import (
     json_object,
     parse_retry_after,
     refuses_client_cert,
-    scrub,
     slow_delay,
     status_verdict,
 )
+from agent.core.redact import scrub_text
 from agent.link.controller_tls import file_stamp, find_ssl_error, probe_client_cert
 from agent.link.controller_types import (
     AssignmentFetch,
     ControllerError,
-    Log,
     Reauth,
     Registration,
 )
 from agent.link.replybody import BadEncoding, BoundedBody, ReplyTooLarge
 from agent.link.tls import client_context
+from agent.logs import Log
 from agent.state.atomic import write_bytes
 
 __all__ = ["AssignmentFetch", "ControllerClient", "ControllerError", "Reauth", "Registration"]
@@ -299,13 +299,22 @@ class ControllerClient:
     # -- plumbing --------------------------------------------------------------------------
 
     async def _exchange(
-        self, method: str, path: str, token: str, *, deadline: float | None = None, **kw: Any
+        self,
+        method: str,
+        path: str,
+        token: str,
+        *,
+        deadline: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: dict[str, Any] | None = None,
+        content: bytes | None = None,
     ) -> _Reply:
         http = await self._client()
         deadline = deadline or 3 * self._cfg.timeout_s  # connect + send + read, each bounded
-        kw["headers"] = {"Authorization": f"Bearer {token}", **kw.get("headers", {})}
+        sent = {"Authorization": f"Bearer {token}", **(headers or {})}
+        stream = http.stream(method, path, headers=sent, json=json, content=content)
         try:
-            async with _compat.timeout(deadline), http.stream(method, path, **kw) as reply:
+            async with _compat.timeout(deadline), stream as reply:
                 # A few KiB are expected; never buffer a broken controller's endless stream,
                 # nor let a compressed one inflate past the limit (see agent.link.replybody).
                 collected = BoundedBody(reply.headers.get("Content-Encoding"), MAX_RESPONSE_BYTES)
@@ -365,7 +374,7 @@ class ControllerClient:
             return slow_delay(self._cfg.max_backoff_s, e.retry_after, self._rng)
         return self._backoff.next_delay(e.retry_after)
 
-    def _failed(self, e: ControllerError, event: str, **kw: Any) -> None:
+    def _failed(self, e: ControllerError, event: str, **kw: object) -> None:
         self._failing = True
         self._log.warning(event, code=e.code, error=self._scrub(e.message), **kw)
         self._report(e.code, e.message)
@@ -381,7 +390,7 @@ class ControllerClient:
             self._on_error(code, self._scrub(message))
 
     def _scrub(self, text: str) -> str:
-        return scrub(text, self._secrets)
+        return scrub_text(text, self._secrets)
 
     async def _client(self) -> httpx.AsyncClient:
         """The one AsyncClient, rebuilt only when a TLS file changed (a rotated cert)."""

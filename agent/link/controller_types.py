@@ -9,16 +9,9 @@ makes them; the daemon and the commands read them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-__all__ = ["AssignmentFetch", "ControllerError", "Log", "Reauth", "Registration"]
-
-
-class Log(Protocol):
-    """The structured logger this module needs (a structlog BoundLogger fits)."""
-
-    def info(self, event: str, /, **kw: Any) -> Any: ...
-    def warning(self, event: str, /, **kw: Any) -> Any: ...
+__all__ = ["AssignmentFetch", "ControllerError", "Reauth", "Registration"]
 
 
 class ControllerError(Exception):

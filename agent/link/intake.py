@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+
+from agent.logs import Log
 
 __all__ = ["CommandIntake"]
 
@@ -44,7 +45,7 @@ class CommandIntake:
         handler: Callable[[bytes], Awaitable[None]],
         *,
         report: Callable[[str], None],
-        log: Any,
+        log: Log,
         max_small: int = MAX_SMALL,
         max_large_bytes: int = MAX_LARGE_BYTES,
     ) -> None:

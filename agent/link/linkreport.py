@@ -20,6 +20,7 @@ from agent.core.timefmt import iso
 from agent.link.linkstate import LinkCondition
 from agent.link.messages import describe_drops
 from agent.link.outbox import Outbox
+from agent.logs import Log
 
 __all__ = ["DROP_REPORT_S", "SYNC_DELAY_S", "LinkReporter", "OutboxSyncer", "leaves"]
 
@@ -33,7 +34,7 @@ class LinkReporter:
     def __init__(
         self,
         uid: str,
-        log: Any,
+        log: Log,
         *,
         send_event: Callable[[dict[str, Any]], None],
         next_seq: Callable[[], int],

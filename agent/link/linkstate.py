@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.core.timefmt import iso
 from agent.link.messages import encode
+from agent.logs import Log
 from agent.state.atomic import write_json
 
 SESSION_FILE = "mqtt-session.json"
@@ -120,7 +121,7 @@ class SessionCounter:
     def save(self) -> None:
         write_json(self.path, {"schema": 1, "session": self.value})
 
-    async def advance_and_save(self, log: Any) -> int:
+    async def advance_and_save(self, log: Log) -> int:
         """Raise the counter before a connect and save it off the loop; a failed save is
         logged, not fatal (the next connect saves a higher number anyway)."""
         self.advance()
@@ -154,7 +155,7 @@ class AvailabilityGuard:
     into a storm; it returns 0 when one may go now, else how long to wait.
     """
 
-    def __init__(self, log: Any) -> None:
+    def __init__(self, log: Log) -> None:
         self._log = log
         self._garbage_logged = False
         self._last_online: float | None = None

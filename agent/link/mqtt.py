@@ -48,6 +48,7 @@ from agent.link.messages import Kind, Outgoing, encode, is_queued
 from agent.link.outbox import Outbox
 from agent.link.pump import WINDOW, drain_outbox
 from agent.link.tls import broker_context
+from agent.logs import Log
 
 SESSION_TAKEN_OVER = 0x8E
 CONNECT_TIMEOUT_S = 10.0  # at most; less with a short keepalive (see _client)
@@ -83,7 +84,7 @@ class MqttLink:
         on_command: Callable[[bytes], Awaitable[None]],
         next_seq: Callable[[], int],
         now: Callable[[], float],
-        log: Any,
+        log: Log,
         rng: random.Random,
         heartbeat: Callable[[], None] | None = None,
         on_link_error: Callable[[str | None, str | None], None] | None = None,

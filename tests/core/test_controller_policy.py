@@ -2,7 +2,8 @@
 
 The client's behaviour over real HTTP is in tests/link/test_controller_client.py; here each
 rule is pinned on its own, including the corners a server is awkward to make produce (an
-HTTP date without a zone, a secret inside another, a body of control characters).
+HTTP date without a zone, a body of control characters). How secrets are hidden is
+agent.core.redact's rule, tested in test_redact.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from email.utils import formatdate
 import pytest
 
 from agent.core.controller_policy import (
-    REDACTED,
     Accepted,
     StatusVerdict,
     accepted,
@@ -22,7 +22,6 @@ from agent.core.controller_policy import (
     json_object,
     parse_retry_after,
     refuses_client_cert,
-    scrub,
     slow_delay,
     status_verdict,
 )
@@ -147,14 +146,6 @@ def test_a_reply_that_is_not_an_object_registers_nothing(raw: bytes) -> None:
 )
 def test_error_excerpts(body: bytes, excerpt: str) -> None:
     assert error_excerpt(body) == excerpt
-
-
-def test_scrub_replaces_every_secret_longest_first() -> None:
-    text = "Bearer abc123456 and abc, again abc123456"
-    assert scrub(text, {"abc", "abc123456"}) == (
-        f"Bearer {REDACTED} and {REDACTED}, again {REDACTED}"
-    )
-    assert scrub("nothing here", set()) == "nothing here"
 
 
 @pytest.mark.parametrize(

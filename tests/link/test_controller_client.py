@@ -285,6 +285,25 @@ async def test_secrets_echoed_by_the_server_are_redacted(tmp_path: Path, h: Harn
     assert "Bearer <redacted>" in h.errors[0][1]
 
 
+async def test_a_secret_is_hidden_in_a_controller_error_as_everywhere_else(
+    tmp_path: Path, h: Harness
+) -> None:
+    # The registration token struck out as in a log line or a nodeadm event; "reg" is a
+    # word of the message, not a secret, and stays.
+    said = f"reg {TOKEN} is not known".encode()
+    with CannedServer() as server:
+        server.reply = Canned(403, b'{"error": "' + said + b'"}')
+        h.sleep.stop_after = 1
+        with pytest.raises(StopRetrying):
+            await h.client(controller_config(tmp_path, server.url, TOKEN)).register(
+                registration_body()
+            )
+    shown = "HTTP 403 from POST /v1/hosts/register: reg <redacted> is not known"
+    assert h.errors == [("registration_refused", shown)]
+    [(_, event, fields)] = [r for r in h.log.records if r[0] == "warning"]
+    assert (event, fields["error"]) == ("controller.register_failed", shown)
+
+
 # -- assignment ----------------------------------------------------------------------------
 
 

@@ -14,9 +14,9 @@ from agent.core.nodeadm_errors import (
     NodeadmLine,
     classify,
     parse_line,
-    scrub,
     scrub_line,
 )
+from agent.core.redact import scrub_text
 from tests.nodeadm.samples import ACTIVATION_CODE
 
 
@@ -173,4 +173,24 @@ def test_secrets_are_scrubbed_from_messages_and_lines() -> None:
     clean = scrub_line(echoed, [ACTIVATION_CODE])
     assert ACTIVATION_CODE not in json.dumps(clean.as_event())
     # Short strings are not treated as secrets: they would mangle ordinary words.
-    assert scrub("a b c", ["b"]) == "a b c"
+    assert scrub_text("a b c", ["b"]) == "a b c"
+
+
+def test_a_secret_is_hidden_in_a_nodeadm_event_as_everywhere_else() -> None:
+    line = parse_line(
+        zap("error", f"code {ACTIVATION_CODE} rejected", activationCode="abc", token="t1",
+            error=f"InvalidActivation: {ACTIVATION_CODE}", note="pass the salt")
+    )  # fmt: skip
+    assert line is not None
+    assert scrub_line(line, [ACTIVATION_CODE, "salt"]).as_event() == {
+        "level": "error",
+        "msg": "code <redacted> rejected",
+        "fields": {
+            "activationCode": "<redacted>",
+            "token": "<redacted>",
+            "error": "InvalidActivation: <redacted>",
+            "note": "pass the salt",
+        },
+    }
+    # Secret-named fields are masked even before any secret is known.
+    assert scrub_line(line, []).fields["token"] == "<redacted>"
