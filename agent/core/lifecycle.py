@@ -58,14 +58,16 @@ def _fail(s: State, phase: Phase, code: str, message: str, now: float, p: Policy
     )
 
 
-def _start_op(s: State, op: Op, now: float, reason: str, **args: Any) -> tuple[State, list[Action]]:
+def _start_op(
+    s: State, op: Op, now: float, reason: str, args: OpArgs = None
+) -> tuple[State, list[Action]]:
     """Begin (or resume) an operation: a join starts with preflight, the others run at once."""
-    s = replace(s, op=op, op_args=dict(args), retry_at=None)
+    s = replace(s, op=op, op_args=args, retry_at=None)
     if op is Op.JOIN:
         return _go(s, Phase.PREFLIGHT, now, reason), [RunChecks()]
     if op is Op.UPGRADE:
-        return _go(s, Phase.UPGRADING, now, reason), [RunStep(Step.UPGRADE, dict(args))]
-    return _go(s, Phase.UNINSTALLING, now, reason), [RunStep(Step.UNINSTALL, dict(args))]
+        return _go(s, Phase.UPGRADING, now, reason), [RunStep(Step.UPGRADE, args)]
+    return _go(s, Phase.UNINSTALLING, now, reason), [RunStep(Step.UNINSTALL, args)]
 
 
 def _wants_join(s: State, p: Policy) -> bool:
@@ -107,18 +109,11 @@ def step(s: State, ev: Event, now: float, p: Policy) -> tuple[State, list[Action
         case JoinRequested():
             return _join_requested(s, now, p)
         case UpgradeRequested():
-            return _start_op(
-                s,
-                Op.UPGRADE,
-                now,
-                "upgrade command",
-                kubernetes_version=ev.kubernetes_version,
-                drained=ev.drained,
-            )
+            args = UpgradeArgs(ev.kubernetes_version, drained=ev.drained)
+            return _start_op(s, Op.UPGRADE, now, "upgrade command", args)
         case UninstallRequested():
-            return _start_op(
-                s, Op.UNINSTALL, now, "uninstall command", force=ev.force, drained=ev.drained
-            )
+            uargs = UninstallArgs(force=ev.force, drained=ev.drained)
+            return _start_op(s, Op.UNINSTALL, now, "uninstall command", uargs)
         case HealthObserved():
             return _health(s, ev.healthy, now, p)
         case HostRecovered():
@@ -136,7 +131,7 @@ def _boot(s: State, ev: Boot, now: float, p: Policy) -> tuple[State, list[Action
         return _start_op(s, Op.JOIN, now, "appliance mode: checking the image, not installing")
     if s.phase in RUNNING_PHASES:
         step_name = RUNNING_PHASES[s.phase]
-        return replace(s, retry_at=None), [RunStep(step_name, dict(s.op_args))]
+        return replace(s, retry_at=None), [RunStep(step_name, s.op_args)]
     if s.phase is Phase.PREFLIGHT:
         return s, [RunChecks()]
     if s.phase in (Phase.FAILED, Phase.PREFLIGHT_FAILED):
@@ -225,9 +220,7 @@ def _joined_assignment(
             Op.REJOIN,
             now,
             what,
-            force=False,
-            drained=True,
-            remove_kubelet_certs=True,
+            UninstallArgs(force=False, drained=True, remove_kubelet_certs=True),
         )
         return s2, [note, *acts]
     if p.appliance:
@@ -255,8 +248,7 @@ def _joined_assignment(
         Op.UPGRADE,
         now,
         f"upgrade {s.installed_version} -> {a.kubernetes_version}",
-        kubernetes_version=a.kubernetes_version,
-        drained=True,
+        UpgradeArgs(a.kubernetes_version, drained=True),
     )
     return s2, [note, *acts]
 
@@ -367,11 +359,12 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
             failures=0,
             retry_at=None,
             op=None,
-            op_args={},
+            op_args=None,
             unhealthy_since=None,
         ), []
     if ev.step == Step.UPGRADE:
-        version = str(s.op_args.get("kubernetes_version") or (a.kubernetes_version if a else ""))
+        asked = s.op_args.kubernetes_version if isinstance(s.op_args, UpgradeArgs) else ""
+        version = asked or (a.kubernetes_version if a else "")
         return _go(
             s,
             Phase.JOINED,
@@ -381,7 +374,7 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
             last_error=_links_only(s),
             failures=0,
             op=None,
-            op_args={},
+            op_args=None,
             retry_at=None,
         ), []
     # uninstall
@@ -397,7 +390,12 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
     if s.op is Op.REJOIN and a is not None:
         return _start_op(cleared, Op.JOIN, now, "uninstalled; joining the new cluster")
     return _go(
-        cleared, Phase.UNINSTALLED, now, "nodeadm uninstall succeeded", op=Op.UNINSTALL, op_args={}
+        cleared,
+        Phase.UNINSTALLED,
+        now,
+        "nodeadm uninstall succeeded",
+        op=Op.UNINSTALL,
+        op_args=None,
     ), []
 
 
@@ -411,7 +409,7 @@ def _tick(s: State, now: float, p: Policy) -> tuple[State, list[Action]]:
         return s, []
     if op is Op.JOIN and s.assignment is None:
         return _go(s, Phase.AWAITING_ASSIGNMENT, now, "no assignment"), []
-    return _start_op(s, op, now, f"retry {s.failures} of {op}", **s.op_args)
+    return _start_op(s, op, now, f"retry {s.failures} of {op}", s.op_args)
 
 
 def _join_requested(s: State, now: float, p: Policy) -> tuple[State, list[Action]]:
