@@ -21,7 +21,6 @@ The rules an operator relies on:
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from agent.core.assignment import Assignment
 from agent.core.backoff import capped_exponential
@@ -35,10 +34,11 @@ from agent.core.recovery import recovered_state
 # ---- helpers ----------------------------------------------------------------------------------
 
 
-def _go(s: State, phase: Phase, now: float, reason: str, **changes: Any) -> State:
-    if phase != s.phase:
-        changes.update(phase=phase, phase_since=now, reason=reason)
-    return replace(s, **changes)
+def _go(s: State, phase: Phase, now: float, reason: str) -> State:
+    """Move to ``phase``; its reason and start time change only with the phase itself."""
+    if phase == s.phase:
+        return s
+    return replace(s, phase=phase, phase_since=now, reason=reason)
 
 
 def _error(code: str, message: str, now: float) -> LastError:
@@ -48,13 +48,12 @@ def _error(code: str, message: str, now: float) -> LastError:
 def _fail(s: State, phase: Phase, code: str, message: str, now: float, p: Policy) -> State:
     delay = capped_exponential(s.failures, p.retry_backoff_s, p.retry_cap_s)
     return _go(
-        s,
+        replace(
+            s, last_error=_error(code, message, now), failures=s.failures + 1, retry_at=now + delay
+        ),
         phase,
         now,
         message,
-        last_error=_error(code, message, now),
-        failures=s.failures + 1,
-        retry_at=now + delay,
     )
 
 
@@ -280,7 +279,10 @@ def _checks_done(s: State, ev: ChecksDone, now: float, p: Policy) -> tuple[State
     if ev.canceled:
         msg = "preflight canceled"
         return _go(
-            s, Phase.FAILED, now, msg, last_error=_error("canceled", msg, now), retry_at=None
+            replace(s, last_error=_error("canceled", msg, now), retry_at=None),
+            Phase.FAILED,
+            now,
+            msg,
         ), []
     if ev.blocking:
         msg = "preflight checks failed: " + ", ".join(ev.blocking)
@@ -309,7 +311,10 @@ def _image_join(
         and not _version_changed(image, a.kubernetes_version)
     ):
         return _go(
-            s, Phase.JOINING, now, f"Kubernetes {image} is in the image", installed_version=image
+            replace(s, installed_version=image),
+            Phase.JOINING,
+            now,
+            f"Kubernetes {image} is in the image",
         ), [RunStep(Step.INIT)]
     if not ev.tracker_present:
         carried = "no nodeadm artifacts (no /opt/nodeadm/tracker)"
@@ -332,7 +337,10 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
         if ev.canceled:
             msg = ev.message or f"nodeadm {ev.step} canceled"
             s2 = _go(
-                s, Phase.FAILED, now, msg, last_error=_error("canceled", msg, now), retry_at=None
+                replace(s, last_error=_error("canceled", msg, now), retry_at=None),
+                Phase.FAILED,
+                now,
+                msg,
             )
             return s2, []
         return _fail(s, Phase.FAILED, ev.code or "nodeadm_failed", ev.message, now, p), []
@@ -340,42 +348,45 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
     if ev.step == Step.INSTALL:
         assert a is not None
         return _go(
-            s,
+            replace(s, installed_version=a.kubernetes_version),
             Phase.JOINING,
             now,
             f"installed Kubernetes {a.kubernetes_version}",
-            installed_version=a.kubernetes_version,
         ), [RunStep(Step.INIT)]
     if ev.step == Step.INIT:
         assert a is not None
         return _go(
-            s,
+            replace(
+                s,
+                node_name=ev.node_name or s.node_name,
+                joined_identity=a.identity(),
+                last_error=_links_only(s),
+                failures=0,
+                retry_at=None,
+                op=None,
+                op_args=None,
+                unhealthy_since=None,
+            ),
             Phase.JOINED,
             now,
             "nodeadm init succeeded",
-            node_name=ev.node_name or s.node_name,
-            joined_identity=a.identity(),
-            last_error=_links_only(s),
-            failures=0,
-            retry_at=None,
-            op=None,
-            op_args=None,
-            unhealthy_since=None,
         ), []
     if ev.step == Step.UPGRADE:
         asked = s.op_args.kubernetes_version if isinstance(s.op_args, UpgradeArgs) else ""
         version = asked or (a.kubernetes_version if a else "")
         return _go(
-            s,
+            replace(
+                s,
+                installed_version=version,
+                last_error=_links_only(s),
+                failures=0,
+                op=None,
+                op_args=None,
+                retry_at=None,
+            ),
             Phase.JOINED,
             now,
             f"upgraded to Kubernetes {version}",
-            installed_version=version,
-            last_error=_links_only(s),
-            failures=0,
-            op=None,
-            op_args=None,
-            retry_at=None,
         ), []
     # uninstall
     cleared = replace(
@@ -390,12 +401,10 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
     if s.op is Op.REJOIN and a is not None:
         return _start_op(cleared, Op.JOIN, now, "uninstalled; joining the new cluster")
     return _go(
-        cleared,
+        replace(cleared, op=Op.UNINSTALL, op_args=None),
         Phase.UNINSTALLED,
         now,
         "nodeadm uninstall succeeded",
-        op=Op.UNINSTALL,
-        op_args=None,
     ), []
 
 
@@ -426,12 +435,18 @@ def _health(s: State, healthy: bool, now: float, p: Policy) -> tuple[State, list
     if healthy:
         if s.phase is Phase.DEGRADED:
             return _go(
-                s, Phase.JOINED, now, "kubelet and containerd healthy again", unhealthy_since=None
+                replace(s, unhealthy_since=None),
+                Phase.JOINED,
+                now,
+                "kubelet and containerd healthy again",
             ), []
         return (replace(s, unhealthy_since=None) if s.unhealthy_since is not None else s), []
     since = s.unhealthy_since if s.unhealthy_since is not None else now
     if s.phase is Phase.JOINED and now - since >= p.degraded_after_s:
         return _go(
-            s, Phase.DEGRADED, now, f"unhealthy for {now - since:.0f} s", unhealthy_since=since
+            replace(s, unhealthy_since=since),
+            Phase.DEGRADED,
+            now,
+            f"unhealthy for {now - since:.0f} s",
         ), []
     return (replace(s, unhealthy_since=since) if s.unhealthy_since != since else s), []
