@@ -78,7 +78,7 @@ class Rule:
     gt: float | None = None
     ge: float | None = None
     # Called with the field's value, of the field's own type (`_prom` takes a Path, `_uid` a
-    # str): only the reader, reflecting over the field, knows which, so the argument is Any.
+    # str): only the reader, reflecting over the field, knows which, so it stays untyped here.
     check: Callable[[Any], str | None] | None = None
     derived: bool = False
 
