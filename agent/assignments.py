@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 _REREGISTERED = "registered again: the controller refused the host token"
 
 
-def load_assignment_file(path: Path) -> Any:
+def load_assignment_file(path: Path) -> object:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         return json.loads(text)
@@ -100,7 +100,7 @@ class AssignmentSource:
         self._config = config
 
     # ---- offers -----------------------------------------------------------------------------
-    def offer(self, doc: Any, source: str) -> Assignment | None:
+    def offer(self, doc: object, source: str) -> Assignment | None:
         try:
             a = parse_assignment(doc)
         except AssignmentError as e:

@@ -17,11 +17,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.configfile import file_readable, load_config
 from agent.core.config import Config, ConfigError, ConfigMissing
+
+if TYPE_CHECKING:
+    from agent.core.assignment import Assignment
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 DEFAULT_CONFIG = "/etc/edge-agent/config.yaml"
@@ -178,7 +181,7 @@ def _run(cfg: Config) -> int:
     return asyncio.run(go())
 
 
-def _local_assignment(cfg: Config) -> tuple[Any, str | None]:
+def _local_assignment(cfg: Config) -> tuple[Assignment | None, str | None]:
     """The assignment `check` and `nodeconfig` use: the file, else the last persisted one."""
     from agent.core.assignment import AssignmentError, parse_assignment
     from agent.state.store import StateStore

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -73,7 +72,7 @@ def _line(p: Problem, lines: Mapping[str, int]) -> float:
     return float("inf")
 
 
-def compose(text: str, path: Path) -> tuple[Any, dict[str, int], list[Problem]]:
+def compose(text: str, path: Path) -> tuple[object, dict[str, int], list[Problem]]:
     """The document, the line of each key path, and its duplicate keys.
 
     Composing first (rather than ``safe_load``) keeps PyYAML's marks, so a value's line is
@@ -118,17 +117,17 @@ def _key_lines(
 
 
 def apply_env(
-    doc: Mapping[str, Any],
+    doc: Mapping[str, object],
     env: Mapping[str, str],
     origins: dict[str, str],
     problems: list[Problem],
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """Overlay ``EDGE_AGENT__SECTION__KEY`` (or ``EDGE_AGENT__KEY``) values, YAML-typed.
 
     Each overridden key's origin becomes its variable; problems with a variable's name or
     value are added to ``problems``.
     """
-    out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in doc.items()}
+    out: dict[str, object] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in doc.items()}
     for name, text in sorted(env.items()):
         if not name.startswith(ENV_PREFIX):
             continue

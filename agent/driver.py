@@ -30,7 +30,7 @@ class _Barrier:
     reached: asyncio.Future[None]
 
 
-StepRunner = Callable[[Step, dict[str, Any], lc.State], Awaitable[lc.StepDone]]
+StepRunner = Callable[[Step, lc.OpArgs, lc.State], Awaitable[lc.StepDone]]
 ChecksRunner = Callable[[lc.State], Awaitable[list[CheckResult]]]
 
 
@@ -179,7 +179,7 @@ class LifecycleDriver:
 
     async def _step(self, action: lc.RunStep) -> None:
         try:
-            done = await self._run_step(action.step, dict(action.args), self.state)
+            done = await self._run_step(action.step, action.args, self.state)
         except asyncio.CancelledError:
             self.post(
                 lc.StepDone(

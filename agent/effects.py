@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from agent import _compat
 from agent.core import lifecycle as lc
@@ -107,7 +106,7 @@ class LifecycleEffects:
             self._out.publish_status()
         return results
 
-    async def run_step(self, step: Step, args: dict[str, Any], state: lc.State) -> lc.StepDone:
+    async def run_step(self, step: Step, args: lc.OpArgs, state: lc.State) -> lc.StepDone:
         a = state.assignment
         cfg_path = self._config.nodeadm.config_path
         match step:
@@ -119,14 +118,15 @@ class LifecycleEffects:
                 out = await self.runner.init(a, cfg_path)
             case Step.UPGRADE:
                 assert a is not None
-                version = str(args.get("kubernetes_version") or a.kubernetes_version)
-                target = replace(a, kubernetes_version=version)
-                out = await self.runner.upgrade(target, cfg_path, drained=bool(args.get("drained")))
+                up = args if isinstance(args, lc.UpgradeArgs) else lc.UpgradeArgs()
+                target = replace(
+                    a, kubernetes_version=up.kubernetes_version or a.kubernetes_version
+                )
+                out = await self.runner.upgrade(target, cfg_path, drained=up.drained)
             case Step.UNINSTALL:
+                un = args if isinstance(args, lc.UninstallArgs) else lc.UninstallArgs()
                 out = await self.runner.uninstall(
-                    force=bool(args.get("force")),
-                    drained=bool(args.get("drained")),
-                    remove_kubelet_certs=bool(args.get("remove_kubelet_certs")),
+                    force=un.force, drained=un.drained, remove_kubelet_certs=un.remove_kubelet_certs
                 )
             case _:
                 # An unknown name must fail, never fall into some default (it once ran

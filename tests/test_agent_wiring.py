@@ -21,7 +21,7 @@ async def test_an_unknown_step_fails_and_runs_no_nodeadm(tmp_path: Path) -> None
     h = HostEnv(tmp_path, local_assignment=assignment())
     agent = Agent(load_config(h.config_path, {}), stdout=io.StringIO(), env={})
     with pytest.raises(AssertionError):
-        await agent.effects.run_step("reboot", {}, agent.driver.state)  # type: ignore[arg-type]
+        await agent.effects.run_step("reboot", None, agent.driver.state)  # type: ignore[arg-type]
     assert h.nodeadm_calls() == []  # it once fell through to `nodeadm uninstall`
 
 

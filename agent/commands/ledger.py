@@ -112,7 +112,7 @@ class LedgerEntry:
         return self.state in FINAL_STATES
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from agent.core.errors import AgentError
 from agent.core.node_labels import refusal
@@ -84,7 +83,7 @@ class Assignment:
     kubelet: Kubelet = field(default_factory=Kubelet)
     containerd_source: str = "distro"
     drained: bool = False
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    raw: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def minor(self) -> str:
@@ -102,28 +101,38 @@ class Assignment:
 
 
 class _Reader:
-    def __init__(self, data: Any, path: str) -> None:
+    def __init__(self, data: object, path: str) -> None:
         if not isinstance(data, Mapping):
             raise AssignmentError(path or "assignment", f"must be an object, got {_kind(data)}")
-        self.data = data
+        self.data: Mapping[str, object] = data
         self.path = path
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def string(self, name: str, *, required: bool = True) -> Any:
-        v = self.data.get(name)
+    def string(self, name: str) -> str:
+        v = self.optional(name)
         if v is None:
-            if required:
-                raise AssignmentError(self.key(name), "is required")
-            return None
-        if not isinstance(v, str):
-            raise AssignmentError(self.key(name), f"must be a string, got {_kind(v)}")
-        if required and not v:
+            raise AssignmentError(self.key(name), "is required")
+        if not v:
             raise AssignmentError(self.key(name), "must not be empty")
         return v
 
-    def version(self, name: str, *, required: bool = True) -> Any:
+    def optional(self, name: str) -> str | None:
+        v = self.data.get(name)
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise AssignmentError(self.key(name), f"must be a string, got {_kind(v)}")
+        return v
+
+    def version(self, name: str) -> str:
+        v = self.optional_version(name)
+        if v is None:
+            raise AssignmentError(self.key(name), "is required")
+        return v
+
+    def optional_version(self, name: str) -> str | None:
         v = self.data.get(name)
         if isinstance(v, int | float) and not isinstance(v, bool):
             raise AssignmentError(
@@ -131,7 +140,7 @@ class _Reader:
                 f'must be a string such as "1.31", got the number {v!r}; quote it in YAML '
                 "(1.30 unquoted is read as 1.3)",
             )
-        s = self.string(name, required=required)
+        s = self.optional(name)
         if s is not None and not _VERSION.fullmatch(s):
             raise AssignmentError(self.key(name), f'must look like "1.31" or "1.31.2", got {s!r}')
         return s
@@ -148,16 +157,18 @@ class _Reader:
             raise AssignmentError(self.key(name), "must not be empty")
         return tuple(v)
 
-    def obj(self, name: str, *, required: bool = True) -> _Reader | None:
+    def obj(self, name: str) -> _Reader:
         v = self.data.get(name)
         if v is None:
-            if required:
-                raise AssignmentError(self.key(name), "is required")
-            return None
+            raise AssignmentError(self.key(name), "is required")
         return _Reader(v, self.key(name))
 
+    def optional_obj(self, name: str) -> _Reader | None:
+        v = self.data.get(name)
+        return None if v is None else _Reader(v, self.key(name))
 
-def _kind(v: Any) -> str:
+
+def _kind(v: object) -> str:
     if isinstance(v, bool):
         return "a boolean"
     if isinstance(v, int | float):
@@ -167,22 +178,21 @@ def _kind(v: Any) -> str:
     )
 
 
-def parse_assignment(data: Any) -> Assignment:
+def parse_assignment(data: object) -> Assignment:
     """Validate a decoded assignment document."""
     top = _Reader(data, "")
     revision = top.data.get("revision")
     if isinstance(revision, bool) or not isinstance(revision, int):
         raise AssignmentError("revision", f"must be an integer, got {_kind(revision)}")
     c = top.obj("cluster")
-    assert c is not None
     cluster = Cluster(
         name=c.string("name"),
         region=c.string("region"),
         vpc_cidr=c.string("vpc_cidr"),
-        service_cidr=c.string("service_cidr", required=False),
-        kubernetes_version=c.version("kubernetes_version", required=False),
-        api_server_endpoint=c.string("api_server_endpoint", required=False),
-        certificate_authority=c.string("certificate_authority", required=False),
+        service_cidr=c.optional("service_cidr"),
+        kubernetes_version=c.optional_version("kubernetes_version"),
+        api_server_endpoint=c.optional("api_server_endpoint"),
+        certificate_authority=c.optional("certificate_authority"),
     )
     provider = top.string("credential_provider")
     if provider not in ("ssm", "iam-ra"):
@@ -190,13 +200,11 @@ def parse_assignment(data: Any) -> Assignment:
     ssm = ira = None
     if provider == "ssm":
         s = top.obj("ssm")
-        assert s is not None
         ssm = Ssm(
             activation_id=s.string("activation_id"), activation_code=s.string("activation_code")
         )
     else:
         r = top.obj("iam_roles_anywhere")
-        assert r is not None
         ira = IamRolesAnywhere(
             node_name=r.string("node_name"),
             trust_anchor_arn=r.string("trust_anchor_arn"),
@@ -206,15 +214,14 @@ def parse_assignment(data: Any) -> Assignment:
             private_key_path=r.string("private_key_path"),
         )
     n = top.obj("network")
-    assert n is not None
     network = Network(
         remote_node_cidrs=n.strings("remote_node_cidrs", required=True),
         remote_pod_cidrs=n.strings("remote_pod_cidrs"),
-        vpn_server_ip=n.string("vpn_server_ip", required=False),
-        node_ip=n.string("node_ip", required=False),
+        vpn_server_ip=n.optional("vpn_server_ip"),
+        node_ip=n.optional("node_ip"),
     )
     kubelet = Kubelet()
-    k = top.obj("kubelet", required=False)
+    k = top.optional_obj("kubelet")
     if k is not None:
         labels = k.data.get("node_labels") or {}
         if not isinstance(labels, Mapping) or not all(
@@ -229,7 +236,7 @@ def parse_assignment(data: Any) -> Assignment:
                 raise AssignmentError("kubelet.taints", f"{t!r} is not key=value:Effect")
         kubelet = Kubelet(node_labels=dict(labels), taints=taints, flags=k.strings("flags"))
     source = top.data.get("containerd_source") or "distro"
-    if source not in ("distro", "docker", "none"):
+    if not isinstance(source, str) or source not in ("distro", "docker", "none"):
         raise AssignmentError(
             "containerd_source", f"must be distro, docker or none, got {source!r}"
         )

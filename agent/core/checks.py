@@ -32,7 +32,7 @@ class CheckResult:
     message: str
     remedy: str = ""
     duration_ms: int = 0
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def blocking(self) -> bool:

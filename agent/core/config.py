@@ -107,12 +107,12 @@ def _prom(path: Path) -> str | None:
     return None if path.suffix == ".prom" else f"must end in .prom, got {str(path)!r}"
 
 
-def _pair(values: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+def _pair(values: Mapping[str, object]) -> Iterator[tuple[str, str]]:
     if (values.get("client_cert_file") is None) != (values.get("client_key_file") is None):
         yield "client_key_file", "client_cert_file and client_key_file go together"
 
 
-def _program_field(default: str) -> Any:
+def _program_field(default: str) -> str:
     return field(default=default, metadata=rule(check=_program))
 
 
@@ -342,7 +342,7 @@ class Config:
 
 
 def parse_config(
-    doc: Any,
+    doc: object,
     *,
     readable: Callable[[Path], bool] | None = None,
     source: Path | None = None,

@@ -19,7 +19,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    S = TypeVar("S", bound=DataclassInstance)
 
 Complete = Callable[[dict[str, Any]], Iterable[tuple[str, str]]]
 """A section's rule across keys: may fill derived values; yields (key, message) problems."""
@@ -72,6 +77,8 @@ class Rule:
 
     gt: float | None = None
     ge: float | None = None
+    # Called with the field's value, of the field's own type (`_prom` takes a Path, `_uid` a
+    # str): only the reader, reflecting over the field, knows which, so it stays untyped here.
     check: Callable[[Any], str | None] | None = None
     derived: bool = False
 
@@ -99,7 +106,7 @@ class Reader:
     readable: Callable[[Path], bool] | None = None
     problems: list[Problem] = dataclasses.field(default_factory=list)
 
-    def section(self, cls: type[Any], data: Any, path: str) -> Any | None:
+    def section(self, cls: type[S], data: object, path: str) -> S | None:
         """The dataclass ``cls`` read from ``data``, or None after recording its problems."""
         if data is None:
             data = {}
@@ -132,7 +139,9 @@ class Reader:
             return None
         return cls(**values)
 
-    def _field(self, f: dataclasses.Field[Any], tp: Any, r: Rule, raw: Any, key: str) -> Any:
+    def _field(
+        self, f: dataclasses.Field[object], tp: object, r: Rule, raw: object, key: str
+    ) -> object:
         if raw is None:
             if f.default is not dataclasses.MISSING:
                 return f.default
@@ -140,17 +149,19 @@ class Reader:
                 return f.default_factory()
             raise _Bad("is required")
         value = self._value(tp, raw, key, f.name)
-        if r.ge is not None and value < r.ge:
-            raise _Bad(f"must be at least {r.ge:g}, got {value}")
-        if r.gt is not None and value <= r.gt:
-            raise _Bad(f"must be greater than {r.gt:g}, got {value}")
+        if r.ge is not None or r.gt is not None:
+            assert isinstance(value, int | float), f"{key}: bounds on a field that is no number"
+            if r.ge is not None and value < r.ge:
+                raise _Bad(f"must be at least {r.ge:g}, got {value}")
+            if r.gt is not None and value <= r.gt:
+                raise _Bad(f"must be greater than {r.gt:g}, got {value}")
         if r.check is not None:
             message = r.check(value)
             if message:
                 raise _Bad(message)
         return value
 
-    def _value(self, tp: Any, raw: Any, key: str, name: str) -> Any:
+    def _value(self, tp: object, raw: object, key: str, name: str) -> object:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if origin in (Union, types.UnionType):
             inner = [a for a in args if a is not type(None)]
@@ -199,7 +210,7 @@ class _Recorded(_Bad):
     """A nested section failed; its own problems are already recorded."""
 
 
-def _choice(choices: tuple[Any, ...], raw: Any) -> Any:
+def _choice(choices: tuple[object, ...], raw: object) -> object:
     shown = ", ".join(str(c) for c in choices)
     if all(isinstance(c, str) for c in choices) and not isinstance(raw, str):
         hint = " (quote it in YAML)" if isinstance(raw, int | float) else ""
@@ -209,7 +220,7 @@ def _choice(choices: tuple[Any, ...], raw: Any) -> Any:
     return raw
 
 
-def _number(raw: Any, *, integer: bool) -> Any:
+def _number(raw: object, *, integer: bool) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise _Bad(f"must be a number, got {kind(raw)}")
     if integer and not isinstance(raw, int):
@@ -217,7 +228,7 @@ def _number(raw: Any, *, integer: bool) -> Any:
     return raw
 
 
-def _string(raw: Any) -> str:
+def _string(raw: object) -> str:
     if not isinstance(raw, str):
         raise _Bad(f"must be a string, got {kind(raw)}")
     return raw
@@ -227,7 +238,7 @@ def join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def kind(v: Any) -> str:
+def kind(v: object) -> str:
     """How an operator would name a YAML value's type."""
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
     names |= {list: "a list", dict: "a mapping", type(None): "nothing"}

@@ -107,7 +107,7 @@ class CommandEnvelope:
     raw: dict[str, Any]
 
 
-def canonical_bytes(obj: Any) -> bytes:
+def canonical_bytes(obj: object) -> bytes:
     """The signed form: keys sorted at every level, no whitespace, non-ASCII as UTF-8."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -142,9 +142,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _walk(doc: Any) -> None:
+def _walk(doc: object) -> None:
     """Refuse lone surrogates and nesting beyond MAX_DEPTH, without recursion."""
-    stack: list[tuple[Any, int]] = [(doc, 1)]
+    stack: list[tuple[object, int]] = [(doc, 1)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, str):
@@ -160,7 +160,7 @@ def _walk(doc: Any) -> None:
                 stack.append((value, depth + 1))
 
 
-def strict_loads(data: bytes) -> Any:
+def strict_loads(data: bytes) -> object:
     """Parse strict JSON (docs/controller.md); `BadJson` is the only exception it raises."""
     try:
         text = data.decode("utf-8")

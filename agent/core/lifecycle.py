@@ -21,7 +21,6 @@ The rules an operator relies on:
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from agent.core.assignment import Assignment
 from agent.core.backoff import capped_exponential
@@ -35,10 +34,11 @@ from agent.core.recovery import recovered_state
 # ---- helpers ----------------------------------------------------------------------------------
 
 
-def _go(s: State, phase: Phase, now: float, reason: str, **changes: Any) -> State:
-    if phase != s.phase:
-        changes.update(phase=phase, phase_since=now, reason=reason)
-    return replace(s, **changes)
+def _go(s: State, phase: Phase, now: float, reason: str) -> State:
+    """Move to ``phase``; its reason and start time change only with the phase itself."""
+    if phase == s.phase:
+        return s
+    return replace(s, phase=phase, phase_since=now, reason=reason)
 
 
 def _error(code: str, message: str, now: float) -> LastError:
@@ -48,24 +48,25 @@ def _error(code: str, message: str, now: float) -> LastError:
 def _fail(s: State, phase: Phase, code: str, message: str, now: float, p: Policy) -> State:
     delay = capped_exponential(s.failures, p.retry_backoff_s, p.retry_cap_s)
     return _go(
-        s,
+        replace(
+            s, last_error=_error(code, message, now), failures=s.failures + 1, retry_at=now + delay
+        ),
         phase,
         now,
         message,
-        last_error=_error(code, message, now),
-        failures=s.failures + 1,
-        retry_at=now + delay,
     )
 
 
-def _start_op(s: State, op: Op, now: float, reason: str, **args: Any) -> tuple[State, list[Action]]:
+def _start_op(
+    s: State, op: Op, now: float, reason: str, args: OpArgs = None
+) -> tuple[State, list[Action]]:
     """Begin (or resume) an operation: a join starts with preflight, the others run at once."""
-    s = replace(s, op=op, op_args=dict(args), retry_at=None)
+    s = replace(s, op=op, op_args=args, retry_at=None)
     if op is Op.JOIN:
         return _go(s, Phase.PREFLIGHT, now, reason), [RunChecks()]
     if op is Op.UPGRADE:
-        return _go(s, Phase.UPGRADING, now, reason), [RunStep(Step.UPGRADE, dict(args))]
-    return _go(s, Phase.UNINSTALLING, now, reason), [RunStep(Step.UNINSTALL, dict(args))]
+        return _go(s, Phase.UPGRADING, now, reason), [RunStep(Step.UPGRADE, args)]
+    return _go(s, Phase.UNINSTALLING, now, reason), [RunStep(Step.UNINSTALL, args)]
 
 
 def _wants_join(s: State, p: Policy) -> bool:
@@ -107,18 +108,11 @@ def step(s: State, ev: Event, now: float, p: Policy) -> tuple[State, list[Action
         case JoinRequested():
             return _join_requested(s, now, p)
         case UpgradeRequested():
-            return _start_op(
-                s,
-                Op.UPGRADE,
-                now,
-                "upgrade command",
-                kubernetes_version=ev.kubernetes_version,
-                drained=ev.drained,
-            )
+            args = UpgradeArgs(ev.kubernetes_version, drained=ev.drained)
+            return _start_op(s, Op.UPGRADE, now, "upgrade command", args)
         case UninstallRequested():
-            return _start_op(
-                s, Op.UNINSTALL, now, "uninstall command", force=ev.force, drained=ev.drained
-            )
+            uargs = UninstallArgs(force=ev.force, drained=ev.drained)
+            return _start_op(s, Op.UNINSTALL, now, "uninstall command", uargs)
         case HealthObserved():
             return _health(s, ev.healthy, now, p)
         case HostRecovered():
@@ -136,7 +130,7 @@ def _boot(s: State, ev: Boot, now: float, p: Policy) -> tuple[State, list[Action
         return _start_op(s, Op.JOIN, now, "appliance mode: checking the image, not installing")
     if s.phase in RUNNING_PHASES:
         step_name = RUNNING_PHASES[s.phase]
-        return replace(s, retry_at=None), [RunStep(step_name, dict(s.op_args))]
+        return replace(s, retry_at=None), [RunStep(step_name, s.op_args)]
     if s.phase is Phase.PREFLIGHT:
         return s, [RunChecks()]
     if s.phase in (Phase.FAILED, Phase.PREFLIGHT_FAILED):
@@ -225,9 +219,7 @@ def _joined_assignment(
             Op.REJOIN,
             now,
             what,
-            force=False,
-            drained=True,
-            remove_kubelet_certs=True,
+            UninstallArgs(force=False, drained=True, remove_kubelet_certs=True),
         )
         return s2, [note, *acts]
     if p.appliance:
@@ -255,8 +247,7 @@ def _joined_assignment(
         Op.UPGRADE,
         now,
         f"upgrade {s.installed_version} -> {a.kubernetes_version}",
-        kubernetes_version=a.kubernetes_version,
-        drained=True,
+        UpgradeArgs(a.kubernetes_version, drained=True),
     )
     return s2, [note, *acts]
 
@@ -288,7 +279,10 @@ def _checks_done(s: State, ev: ChecksDone, now: float, p: Policy) -> tuple[State
     if ev.canceled:
         msg = "preflight canceled"
         return _go(
-            s, Phase.FAILED, now, msg, last_error=_error("canceled", msg, now), retry_at=None
+            replace(s, last_error=_error("canceled", msg, now), retry_at=None),
+            Phase.FAILED,
+            now,
+            msg,
         ), []
     if ev.blocking:
         msg = "preflight checks failed: " + ", ".join(ev.blocking)
@@ -317,7 +311,10 @@ def _image_join(
         and not _version_changed(image, a.kubernetes_version)
     ):
         return _go(
-            s, Phase.JOINING, now, f"Kubernetes {image} is in the image", installed_version=image
+            replace(s, installed_version=image),
+            Phase.JOINING,
+            now,
+            f"Kubernetes {image} is in the image",
         ), [RunStep(Step.INIT)]
     if not ev.tracker_present:
         carried = "no nodeadm artifacts (no /opt/nodeadm/tracker)"
@@ -340,7 +337,10 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
         if ev.canceled:
             msg = ev.message or f"nodeadm {ev.step} canceled"
             s2 = _go(
-                s, Phase.FAILED, now, msg, last_error=_error("canceled", msg, now), retry_at=None
+                replace(s, last_error=_error("canceled", msg, now), retry_at=None),
+                Phase.FAILED,
+                now,
+                msg,
             )
             return s2, []
         return _fail(s, Phase.FAILED, ev.code or "nodeadm_failed", ev.message, now, p), []
@@ -348,41 +348,45 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
     if ev.step == Step.INSTALL:
         assert a is not None
         return _go(
-            s,
+            replace(s, installed_version=a.kubernetes_version),
             Phase.JOINING,
             now,
             f"installed Kubernetes {a.kubernetes_version}",
-            installed_version=a.kubernetes_version,
         ), [RunStep(Step.INIT)]
     if ev.step == Step.INIT:
         assert a is not None
         return _go(
-            s,
+            replace(
+                s,
+                node_name=ev.node_name or s.node_name,
+                joined_identity=a.identity(),
+                last_error=_links_only(s),
+                failures=0,
+                retry_at=None,
+                op=None,
+                op_args=None,
+                unhealthy_since=None,
+            ),
             Phase.JOINED,
             now,
             "nodeadm init succeeded",
-            node_name=ev.node_name or s.node_name,
-            joined_identity=a.identity(),
-            last_error=_links_only(s),
-            failures=0,
-            retry_at=None,
-            op=None,
-            op_args={},
-            unhealthy_since=None,
         ), []
     if ev.step == Step.UPGRADE:
-        version = str(s.op_args.get("kubernetes_version") or (a.kubernetes_version if a else ""))
+        asked = s.op_args.kubernetes_version if isinstance(s.op_args, UpgradeArgs) else ""
+        version = asked or (a.kubernetes_version if a else "")
         return _go(
-            s,
+            replace(
+                s,
+                installed_version=version,
+                last_error=_links_only(s),
+                failures=0,
+                op=None,
+                op_args=None,
+                retry_at=None,
+            ),
             Phase.JOINED,
             now,
             f"upgraded to Kubernetes {version}",
-            installed_version=version,
-            last_error=_links_only(s),
-            failures=0,
-            op=None,
-            op_args={},
-            retry_at=None,
         ), []
     # uninstall
     cleared = replace(
@@ -397,7 +401,10 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
     if s.op is Op.REJOIN and a is not None:
         return _start_op(cleared, Op.JOIN, now, "uninstalled; joining the new cluster")
     return _go(
-        cleared, Phase.UNINSTALLED, now, "nodeadm uninstall succeeded", op=Op.UNINSTALL, op_args={}
+        replace(cleared, op=Op.UNINSTALL, op_args=None),
+        Phase.UNINSTALLED,
+        now,
+        "nodeadm uninstall succeeded",
     ), []
 
 
@@ -411,7 +418,7 @@ def _tick(s: State, now: float, p: Policy) -> tuple[State, list[Action]]:
         return s, []
     if op is Op.JOIN and s.assignment is None:
         return _go(s, Phase.AWAITING_ASSIGNMENT, now, "no assignment"), []
-    return _start_op(s, op, now, f"retry {s.failures} of {op}", **s.op_args)
+    return _start_op(s, op, now, f"retry {s.failures} of {op}", s.op_args)
 
 
 def _join_requested(s: State, now: float, p: Policy) -> tuple[State, list[Action]]:
@@ -428,12 +435,18 @@ def _health(s: State, healthy: bool, now: float, p: Policy) -> tuple[State, list
     if healthy:
         if s.phase is Phase.DEGRADED:
             return _go(
-                s, Phase.JOINED, now, "kubelet and containerd healthy again", unhealthy_since=None
+                replace(s, unhealthy_since=None),
+                Phase.JOINED,
+                now,
+                "kubelet and containerd healthy again",
             ), []
         return (replace(s, unhealthy_since=None) if s.unhealthy_since is not None else s), []
     since = s.unhealthy_since if s.unhealthy_since is not None else now
     if s.phase is Phase.JOINED and now - since >= p.degraded_after_s:
         return _go(
-            s, Phase.DEGRADED, now, f"unhealthy for {now - since:.0f} s", unhealthy_since=since
+            replace(s, unhealthy_since=since),
+            Phase.DEGRADED,
+            now,
+            f"unhealthy for {now - since:.0f} s",
         ), []
     return (replace(s, unhealthy_since=since) if s.unhealthy_since != since else s), []

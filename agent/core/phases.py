@@ -52,6 +52,27 @@ class Op(StrEnum):
 
 
 @dataclass(frozen=True)
+class UpgradeArgs:
+    """How an upgrade runs. An empty version means the assignment's (an old state file)."""
+
+    kubernetes_version: str = ""
+    drained: bool = False
+
+
+@dataclass(frozen=True)
+class UninstallArgs:
+    """How an uninstall runs, for an operator's uninstall and for the first half of a rejoin."""
+
+    force: bool = False
+    drained: bool = False
+    remove_kubelet_certs: bool = False
+
+
+# A join takes no arguments: its assignment says everything.
+OpArgs = UpgradeArgs | UninstallArgs | None
+
+
+@dataclass(frozen=True)
 class LastError:
     code: str
     message: str
@@ -74,7 +95,7 @@ class State:
     reason: str = ""
     assignment: Assignment | None = None
     op: Op | None = None
-    op_args: dict[str, Any] = field(default_factory=dict)
+    op_args: OpArgs = None
     installed_version: str | None = None  # what the agent installed: the tracker holds none
     joined_identity: tuple[str, str, str] | None = None
     node_name: str | None = None
@@ -217,7 +238,7 @@ class RunChecks:
 @dataclass(frozen=True)
 class RunStep:
     step: Step
-    args: dict[str, Any] = field(default_factory=dict)
+    args: OpArgs = None
 
 
 @dataclass(frozen=True)
@@ -239,27 +260,46 @@ def to_json(s: State) -> dict[str, Any]:
     out: dict[str, Any] = {
         f.name: getattr(s, f.name)
         for f in dataclasses.fields(s)
-        if f.name not in ("assignment", "last_error", "joined_identity")
+        if f.name not in ("assignment", "last_error", "joined_identity", "op_args")
     }
     out["phase"] = str(s.phase)
     out["op"] = str(s.op) if s.op else None
     out["assignment"] = dict(s.assignment.raw) if s.assignment else None
     out["last_error"] = dataclasses.asdict(s.last_error) if s.last_error else None
     out["joined_identity"] = list(s.joined_identity) if s.joined_identity else None
+    # The same flat object earlier releases wrote, so either release reads the other's file.
+    out["op_args"] = dataclasses.asdict(s.op_args) if s.op_args else {}
     return out
+
+
+def _op_args_from_json(op: Op | None, raw: object) -> OpArgs:
+    """The operation says which arguments it takes; keys it does not know are ignored."""
+    d = raw if isinstance(raw, dict) else {}
+    match op:
+        case Op.UPGRADE:
+            return UpgradeArgs(str(d.get("kubernetes_version") or ""), bool(d.get("drained")))
+        case Op.UNINSTALL | Op.REJOIN:
+            return UninstallArgs(
+                force=bool(d.get("force")),
+                drained=bool(d.get("drained")),
+                remove_kubelet_certs=bool(d.get("remove_kubelet_certs")),
+            )
+        case Op.JOIN | None:
+            return None
 
 
 def from_json(d: dict[str, Any], parse: Callable[[dict[str, Any]], Assignment]) -> State:
     """Rebuild a State; ``parse`` turns the raw assignment dict into an `Assignment`."""
     le = d.get("last_error")
+    op = Op(d["op"]) if d.get("op") else None
     ident: Sequence[str] | None = d.get("joined_identity")
     return State(
         phase=Phase(d.get("phase", "starting")),
         phase_since=float(d.get("phase_since") or 0.0),
         reason=str(d.get("reason") or ""),
         assignment=parse(d["assignment"]) if d.get("assignment") else None,
-        op=Op(d["op"]) if d.get("op") else None,
-        op_args=dict(d.get("op_args") or {}),
+        op=op,
+        op_args=_op_args_from_json(op, d.get("op_args")),
         installed_version=d.get("installed_version"),
         joined_identity=(str(ident[0]), str(ident[1]), str(ident[2])) if ident else None,
         node_name=d.get("node_name"),
@@ -289,6 +329,7 @@ __all__ = [
     "LastError",
     "Note",
     "Op",
+    "OpArgs",
     "Phase",
     "Policy",
     "Registered",
@@ -297,7 +338,9 @@ __all__ = [
     "State",
     "StepDone",
     "Tick",
+    "UninstallArgs",
     "UninstallRequested",
+    "UpgradeArgs",
     "UpgradeRequested",
     "from_json",
     "to_json",

@@ -55,7 +55,7 @@ def recovered_state(state: State, a: Assignment, facts: HostFacts, now: float) -
             reason=recovery_reason(a, facts),
             assignment=a,
             op=None,
-            op_args={},
+            op_args=None,
             # A joined host whose kubelet did not say its version keeps the assignment's: it
             # runs and is registered, and the next assignment's upgrade check still applies.
             installed_version=facts.kubelet_version or a.kubernetes_version,

@@ -11,7 +11,6 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -43,7 +42,7 @@ def write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     _fsync_dir(path.parent)
 
 
-def write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
+def write_json(path: Path, obj: object, mode: int = 0o600) -> None:
     write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n", mode)
 
 

@@ -95,7 +95,7 @@ class StateStore:
             problems.append("no usable state: state.json and state.json.bak are both unreadable")
         return Loaded(state=lifecycle.State(), problems=problems, lost=found)
 
-    def _decode(self, doc: Any) -> Loaded:
+    def _decode(self, doc: object) -> Loaded:
         if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(
                 f"schema_version {doc.get('schema_version') if isinstance(doc, dict) else '?'}"
@@ -156,7 +156,7 @@ class SeqCounter:
         self,
         path: Path,
         block: int = 1000,
-        writer: Callable[[Path, Any], None] = write_json,
+        writer: Callable[[Path, object], None] = write_json,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path

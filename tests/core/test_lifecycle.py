@@ -256,14 +256,16 @@ def test_upgrade_success_records_the_new_version() -> None:
     s, acts = run(
         joined(), lc.AssignmentArrived(asg(revision=2, kubernetes_version="1.32", drained=True))
     )
-    assert acts[-1] == lc.RunStep("upgrade", {"kubernetes_version": "1.32", "drained": True})
+    assert acts[-1] == lc.RunStep("upgrade", lc.UpgradeArgs("1.32", drained=True))
     s, _ = run(s, lc.StepDone("upgrade", ok=True))
     assert s.phase is lc.Phase.JOINED and s.installed_version == "1.32" and s.op is None
 
 
 def test_new_cluster_uninstalls_then_joins_fresh() -> None:
     s, acts = run(joined(), lc.AssignmentArrived(asg(revision=2, cluster_name="c2", drained=True)))
-    assert acts[-1].args["remove_kubelet_certs"] is True
+    assert acts[-1] == lc.RunStep(
+        "uninstall", lc.UninstallArgs(force=False, drained=True, remove_kubelet_certs=True)
+    )
     s, acts = run(s, lc.StepDone("uninstall", ok=True))
     assert s.phase is lc.Phase.PREFLIGHT and steps(acts) == ["RunChecks"]
     assert s.installed_version is None and s.joined_identity is None
@@ -314,7 +316,9 @@ def test_a_brief_blip_does_not_degrade() -> None:
 
 def test_uninstall_command_sticks_until_a_join() -> None:
     s, acts = run(joined(), lc.UninstallRequested(force=True, drained=True))
-    assert s.phase is lc.Phase.UNINSTALLING and acts[0].args == {"force": True, "drained": True}
+    assert s.phase is lc.Phase.UNINSTALLING and acts[0].args == lc.UninstallArgs(
+        force=True, drained=True
+    )
     s, _ = run(s, lc.StepDone("uninstall", ok=True))
     assert s.phase is lc.Phase.UNINSTALLED
     s, acts = run(s, lc.AssignmentArrived(asg(revision=2)))
@@ -337,10 +341,70 @@ def test_state_round_trips_through_json() -> None:
         last_error=lc.LastError("awaiting_drain", "m", 5.0),
         failures=2,
         op=lc.Op.UPGRADE,
-        op_args={"kubernetes_version": "1.32", "drained": True},
+        op_args=lc.UpgradeArgs("1.32", drained=True),
     )
     again = lc.from_json(lc.to_json(s), parse_assignment)
     assert again == s
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        (lc.Op.JOIN, None),
+        (lc.Op.UPGRADE, lc.UpgradeArgs("1.32.4", drained=True)),
+        (lc.Op.UPGRADE, lc.UpgradeArgs("1.32", drained=False)),
+        (lc.Op.UNINSTALL, lc.UninstallArgs(force=True, drained=False)),
+        (lc.Op.REJOIN, lc.UninstallArgs(force=False, drained=True, remove_kubelet_certs=True)),
+    ],
+)
+def test_every_operations_arguments_round_trip_through_json(
+    op: lc.Op, args: lc.OpArgs
+) -> None:
+    s = replace(joined(), phase=lc.Phase.FAILED, op=op, op_args=args)
+    assert lc.from_json(lc.to_json(s), parse_assignment) == s
+
+
+@pytest.mark.parametrize(
+    ("op", "raw", "expected"),
+    [
+        # What earlier releases wrote: one flat object, keys by operation.
+        (
+            "upgrade",
+            {"kubernetes_version": "1.32", "drained": True},
+            lc.UpgradeArgs("1.32", drained=True),
+        ),
+        (
+            "uninstall",
+            {"force": True, "drained": True},
+            lc.UninstallArgs(force=True, drained=True),
+        ),
+        (
+            "rejoin",
+            {"force": False, "drained": True, "remove_kubelet_certs": True},
+            lc.UninstallArgs(drained=True, remove_kubelet_certs=True),
+        ),
+        # A key this release does not know is ignored, not fatal.
+        (
+            "upgrade",
+            {"kubernetes_version": "1.32", "drained": True, "surge": 3},
+            lc.UpgradeArgs("1.32", drained=True),
+        ),
+        ("upgrade", {}, lc.UpgradeArgs()),
+        ("upgrade", None, lc.UpgradeArgs()),
+        ("join", {}, None),
+        (None, {"force": True}, None),
+    ],
+)
+def test_op_args_from_an_older_state_file(
+    op: str | None, raw: dict[str, Any] | None, expected: lc.OpArgs
+) -> None:
+    d = {"phase": "failed", "op": op, "op_args": raw}
+    assert lc.from_json(d, parse_assignment).op_args == expected
+
+
+def test_op_args_missing_from_an_older_state_file() -> None:
+    s = lc.from_json({"phase": "upgrading", "op": "upgrade"}, parse_assignment)
+    assert s.op_args == lc.UpgradeArgs()
 
 
 def test_link_errors_never_hide_or_clear_a_lifecycle_failure() -> None:

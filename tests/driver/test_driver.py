@@ -31,7 +31,7 @@ class FakeHost:
         self.hold: asyncio.Event | None = None
         self.crash: str | None = None  # a step name whose run raises
 
-    async def run_step(self, step: Step, args: dict[str, Any], state: lc.State) -> lc.StepDone:
+    async def run_step(self, step: Step, args: lc.OpArgs, state: lc.State) -> lc.StepDone:
         self.steps.append(str(step))
         if self.hold is not None:
             await self.hold.wait()
