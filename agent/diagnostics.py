@@ -6,6 +6,8 @@ where ``journalctl`` exists, and ``nodeadm debug`` output. Every text member is 
 known secret values, and the whole bundle is capped at ``diagnostics.max_bytes``: each log
 keeps only its end, within a share of that cap computed once from the file sizes (a small
 log whole, the rest shared among the large ones), read and packed off the event loop.
+What goes in comes from `BundleInputs`, which the caller fills; nothing here reaches into
+the running agent.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import json
 import tarfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.core.config import Config
 from agent.host.proc import ProcessError, run
 from agent.logs import scrub
 
@@ -40,9 +44,54 @@ class Bundle:
         }
 
 
-async def _journal(agent: Any) -> str:
+@dataclass(frozen=True)
+class BundleInputs:
+    """Everything a bundle is built from, handed over by its caller: no application object.
+
+    ``config``, ``checks`` and ``status`` are JSON documents (the config already redacted).
+    ``status`` and ``secrets`` are called only after the slow parts (the journal and
+    ``nodeadm debug``) are done, so the status is the one at packing time and a secret learnt
+    meanwhile is still struck out. ``journal`` and ``nodeadm_debug`` run those programs; a
+    test hands in its own.
+    """
+
+    state_dir: Path
+    max_bytes: int
+    config: dict[str, Any]
+    checks: list[dict[str, Any]]
+    status: Callable[[], dict[str, Any]]
+    secrets: Callable[[], Iterable[str]]
+    journal: Callable[[], Awaitable[str]]
+    nodeadm_debug: Callable[[], Awaitable[dict[str, Any]]]
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        checks: list[dict[str, Any]],
+        status: Callable[[], dict[str, Any]],
+        secrets: Callable[[], Iterable[str]],
+        nodeadm_debug: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> BundleInputs:
+        """The paths, the size cap, the redacted config and ``journalctl`` from `config`."""
+        journalctl = config.programs.journalctl
+        return cls(
+            state_dir=config.state_dir,
+            max_bytes=config.diagnostics.max_bytes,
+            config=config.redacted(),
+            checks=checks,
+            status=status,
+            secrets=secrets,
+            journal=lambda: read_journal(journalctl),
+            nodeadm_debug=nodeadm_debug,
+        )
+
+
+async def read_journal(journalctl: str) -> str:
+    """The last 500 lines of kubelet's, containerd's and the agent's journal, or why not."""
     argv = [
-        agent.config.programs.journalctl,
+        journalctl,
         "-u",
         "kubelet",
         "-u",
@@ -62,20 +111,20 @@ async def _journal(agent: Any) -> str:
     return res.stdout or res.stderr
 
 
-async def _debug(agent: Any) -> str:
+async def _debug(inputs: BundleInputs) -> str:
     try:
-        report = await agent.runner.debug(agent.config.nodeadm.config_path)
+        report = await inputs.nodeadm_debug()
     except Exception as e:  # noqa: BLE001 - the bundle says what failed instead
         return f"nodeadm debug failed: {e}\n"
-    return json.dumps(report.as_dict(), indent=1, default=str)
+    return json.dumps(report, indent=1, default=str)
 
 
-def _small_members(agent: Any, journal: str, debug: str) -> dict[str, str]:
-    """Everything but the files: built on the loop, from the agent's own objects."""
+def _small_members(inputs: BundleInputs, journal: str, debug: str) -> dict[str, str]:
+    """Everything but the files: built on the loop, from the inputs."""
     return {
-        "status.json": json.dumps(agent.status(), indent=1),
-        "config.json": json.dumps(agent.config.redacted(), indent=1),
-        "checks.json": json.dumps(agent.last_checks, indent=1),
+        "status.json": json.dumps(inputs.status(), indent=1),
+        "config.json": json.dumps(inputs.config, indent=1),
+        "checks.json": json.dumps(inputs.checks, indent=1),
         "journal.txt": journal,
         "nodeadm-debug.json": debug,
     }
@@ -152,13 +201,17 @@ def _pack(members: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
-async def build_bundle(agent: Any) -> Bundle:
-    journal = await _journal(agent)
-    debug = await _debug(agent)
-    secrets = [s for s in agent.secrets() if s]
-    small = _small_members(agent, journal, debug)
-    limit = agent.config.diagnostics.max_bytes
+async def build_bundle(inputs: BundleInputs) -> Bundle:
+    journal = await inputs.journal()
+    debug = await _debug(inputs)
+    secrets = [s for s in inputs.secrets() if s]
+    small = _small_members(inputs, journal, debug)
     # Reading hundreds of MiB of logs and compressing them takes seconds: never on the loop,
     # whose heartbeats the systemd watchdog checks.
-    data = await asyncio.to_thread(_collect_and_pack, agent.config.state_dir, small, secrets, limit)
+    data = await asyncio.to_thread(
+        _collect_and_pack, inputs.state_dir, small, secrets, inputs.max_bytes
+    )
     return Bundle(bundle_id=uuid.uuid4().hex, data=data)
+
+
+__all__ = ["Bundle", "BundleInputs", "build_bundle", "read_journal", "tail_budgets"]

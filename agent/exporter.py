@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import (
@@ -34,6 +34,9 @@ from agent.core.config import MetricsConfig
 from agent.core.lifecycle import Phase
 from agent.logs import Log
 from agent.state.atomic import write_bytes
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 # Phases whose time is one nodeadm step; leaving one ends the step.
 STEP_OF_PHASE = MappingProxyType(
@@ -68,7 +71,7 @@ class Tally:
     _entered: float | None = None
     _step_error: str | None = None
 
-    def observe_event(self, event: Mapping[str, Any], at: float) -> None:
+    def observe_event(self, event: Mapping[str, object], at: float) -> None:
         """An event the agent emitted, at monotonic time `at`."""
         kind = event.get("type")
         if kind == "error" and event.get("step") in ("install", "init"):
@@ -89,7 +92,7 @@ class Tally:
         elif new == "failed" and old in ("installing", "joining"):
             self._fail(self._step_error or "nodeadm_failed")
 
-    def observe_reply(self, reply: Mapping[str, Any]) -> None:
+    def observe_reply(self, reply: Mapping[str, object]) -> None:
         if reply.get("duplicate"):
             return  # the same command again: counted once
         key = (str(reply.get("name") or "unknown"), str(reply.get("state")))
@@ -166,10 +169,18 @@ def families(snap: MetricsSnapshot, tally: Tally) -> list[Metric]:
     return out
 
 
-def _counter(name: str, doc: str, labels: list[str], values: Mapping[Any, int]) -> Metric:
+def _counter(
+    name: str,
+    doc: str,
+    labels: list[str],
+    values: Mapping[str, int] | Mapping[tuple[str, str], int],
+) -> Metric:
     c = CounterMetricFamily(name, doc, labels=labels)
-    for key, n in sorted(values.items()):
-        c.add_metric(list(key) if isinstance(key, tuple) else [key], n)
+    rows: list[tuple[tuple[str, ...], int]] = [
+        ((key,) if isinstance(key, str) else key, n) for key, n in values.items()
+    ]
+    for key, n in sorted(rows):
+        c.add_metric(list(key), n)
     return c
 
 
@@ -250,7 +261,7 @@ class MetricsExporter:
         self._latest = _Latest()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self._latest)
-        self._server: Any = None
+        self._server: WSGIServer | None = None
         self.address: tuple[str, int] | None = None  # where it listens, once started
 
     def start(self) -> None:

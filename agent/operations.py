@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -23,7 +22,6 @@ from agent.core.config import Config
 from agent.driver import LifecycleDriver
 from agent.effects import LifecycleEffects
 from agent.host.hostroot import HostRoot
-from agent.host.nodeadm import NodeadmRunner
 from agent.logs import LevelHolder, Log
 from agent.outbound import Outbound
 from agent.state.record import Record
@@ -41,17 +39,6 @@ PROGRESS = MappingProxyType(
 
 def _phase_differs(seen: lc.Phase | None) -> Callable[[lc.State], bool]:
     return lambda st: st.phase != seen
-
-
-@dataclass(frozen=True)
-class DiagnosticsInputs:
-    """What a diagnostics bundle is built from (agent/diagnostics.py)."""
-
-    config: Config
-    runner: NodeadmRunner
-    last_checks: list[dict[str, Any]]
-    status: Callable[[], dict[str, Any]]
-    secrets: Callable[[], list[str]]
 
 
 class CommandOps:
@@ -109,11 +96,15 @@ class CommandOps:
         return result
 
     async def collect_diagnostics(self, upload: bool, progress: Progress) -> dict[str, Any]:
-        from agent.diagnostics import build_bundle
+        from agent.diagnostics import BundleInputs, build_bundle
 
         progress(10, "collecting")
-        inputs = DiagnosticsInputs(
-            self._config, self._effects.runner, self._record.checks, self.status, self._secrets
+        inputs = BundleInputs.from_config(
+            self._config,
+            checks=self._record.checks,
+            status=self.status,
+            secrets=self._secrets,
+            nodeadm_debug=self.nodeadm_debug,
         )
         bundle = await build_bundle(inputs)
         uploaded = False
@@ -216,4 +207,4 @@ class CommandOps:
         return {}
 
 
-__all__ = ["CommandOps", "DiagnosticsInputs"]
+__all__ = ["CommandOps"]

@@ -82,31 +82,31 @@ class CheckVerdict:
     status: CheckStatus
     message: str
     remedy: str | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, object] = field(default_factory=dict)
 
 
-def passed(message: str, details: Mapping[str, Any] | None = None) -> CheckVerdict:
+def passed(message: str, details: Mapping[str, object] | None = None) -> CheckVerdict:
     return CheckVerdict(CheckStatus.PASS, message, None, dict(details or {}))
 
 
 def warned(
-    message: str, remedy: str | None = None, details: Mapping[str, Any] | None = None
+    message: str, remedy: str | None = None, details: Mapping[str, object] | None = None
 ) -> CheckVerdict:
     return CheckVerdict(CheckStatus.WARN, message, remedy, dict(details or {}))
 
 
 def failed(
-    message: str, remedy: str | None = None, details: Mapping[str, Any] | None = None
+    message: str, remedy: str | None = None, details: Mapping[str, object] | None = None
 ) -> CheckVerdict:
     return CheckVerdict(CheckStatus.FAIL, message, remedy, dict(details or {}))
 
 
-def skipped(message: str, details: Mapping[str, Any] | None = None) -> CheckVerdict:
+def skipped(message: str, details: Mapping[str, object] | None = None) -> CheckVerdict:
     return CheckVerdict(CheckStatus.SKIP, message, None, dict(details or {}))
 
 
 def errored(
-    message: str, remedy: str | None = None, details: Mapping[str, Any] | None = None
+    message: str, remedy: str | None = None, details: Mapping[str, object] | None = None
 ) -> CheckVerdict:
     """The check could not judge (a missing optional dependency, an unreadable source)."""
     return CheckVerdict(CheckStatus.ERROR, message, remedy, dict(details or {}))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 from agent.checks.base import Check, CheckContext, CheckVerdict, failed, passed
 from agent.core.config import Config
@@ -22,7 +21,7 @@ def configured_files(cfg: Config) -> list[tuple[str, Path]]:
     """(key path, file) for every ``*_file`` set in the config's sections."""
     found = []
     for section in dataclasses.fields(cfg):
-        value: Any = getattr(cfg, section.name)
+        value: object = getattr(cfg, section.name)
         if not dataclasses.is_dataclass(value):
             continue
         for f in dataclasses.fields(value):

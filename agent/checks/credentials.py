@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent.checks.base import (
     Check,
@@ -30,6 +30,10 @@ from agent.checks.base import (
 from agent.checks.os_checks import os_version
 from agent.core.assignment import IamRolesAnywhere, Ssm
 from agent.host.hostroot import OsRelease
+
+if TYPE_CHECKING:
+    # Only for the type: cryptography is an optional extra, imported where it is used.
+    from cryptography.x509 import Certificate
 
 _ACTIVATION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PARTITION = r"arn:aws(?:-[a-z]+)*"
@@ -120,7 +124,7 @@ def _validity(
     return None, None
 
 
-def _key_problem(ira: IamRolesAnywhere, key_pem: bytes, cert: Any) -> str | None:
+def _key_problem(ira: IamRolesAnywhere, key_pem: bytes, cert: Certificate) -> str | None:
     from cryptography.hazmat.primitives import serialization
 
     try:
@@ -141,7 +145,7 @@ def _key_problem(ira: IamRolesAnywhere, key_pem: bytes, cert: Any) -> str | None
 
 def _certificate_problems(
     ctx: CheckContext, ira: IamRolesAnywhere
-) -> tuple[list[str], dict[str, Any], str | None]:
+) -> tuple[list[str], dict[str, object], str | None]:
     """(problems, details, a warning) from the certificate and key; needs cryptography."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
@@ -158,7 +162,11 @@ def _certificate_problems(
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(cns[0].value) if cns else ""
-    details = {"subject_cn": cn, "not_before": start.isoformat(), "not_after": end.isoformat()}
+    details: dict[str, object] = {
+        "subject_cn": cn,
+        "not_before": start.isoformat(),
+        "not_after": end.isoformat(),
+    }
     problem, warning = _validity(start, end, dt.datetime.fromtimestamp(ctx.now, tz=dt.timezone.utc))
     problems = [problem] if problem else []
     if cn != ira.node_name and warning is None:
@@ -176,7 +184,7 @@ def _certificate_problems(
 
 
 def _check_iam_ra(ctx: CheckContext, ira: IamRolesAnywhere) -> CheckVerdict:
-    details: dict[str, Any] = {"provider": "iam-ra", "node_name": ira.node_name}
+    details: dict[str, object] = {"provider": "iam-ra", "node_name": ira.node_name}
     problems = ira_static_problems(ctx, ira)
     if problems:
         return failed("; ".join(problems), details=details | {"problems": problems})

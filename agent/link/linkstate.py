@@ -187,11 +187,11 @@ class AvailabilityGuard:
         self._last_online = now
 
 
-def abort_without_disconnect(client: Any) -> None:
-    """Drop an aiomqtt client's connection without a DISCONNECT, so the broker publishes the
-    will: aiomqtt's context exit always sends a clean DISCONNECT (which discards the will) and
-    offers no public way to close the socket, hence its paho client's socket."""
-    sock = client._client.socket()
+def abort_without_disconnect(sock: object) -> None:
+    """Drop a broker connection without a DISCONNECT, so the broker publishes the will:
+    aiomqtt's context exit always sends a clean DISCONNECT (which discards the will) and
+    offers no public way to close the socket, so the link hands in its paho client's socket
+    (None when there is none; anything that is not a socket is left alone)."""
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)

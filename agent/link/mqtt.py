@@ -109,7 +109,7 @@ class MqttLink:
         self._guard = AvailabilityGuard(log)
         self._online_timer: asyncio.TimerHandle | None = None
         self._syncer = OutboxSyncer(self._outbox)
-        self._run_task: asyncio.Task[Any] | None = None
+        self._run_task: asyncio.Task[object] | None = None
         self._reporter = LinkReporter(
             uid,
             log,
@@ -240,9 +240,8 @@ class MqttLink:
                     await self._serve(client)
                 except BaseException:
                     if not (self._stopping and self._offline_on_stop):
-                        abort_without_disconnect(
-                            client
-                        )  # cancelled, failed or told to: let the will fire
+                        # cancelled, failed or told to: let the will fire
+                        abort_without_disconnect(client._client.socket())
                     raise
         except BaseException as exc:  # except* _Stopped / MqttError / Exception, for 3.10
             _, rest = _compat.split(exc, _Stopped)
