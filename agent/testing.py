@@ -2,12 +2,12 @@
 
 `CapturingLog` stands in for the logger a part is handed (`agent.logs.Log`): structlog's own
 `CapturingLogger`, which keeps every call, with lookups by event name, so a test asserts on
-what was logged without parsing rendered lines. `sample_assignment` is the one example assignment of the test suite, the demo
-and the benchmarks, in its wire form (what the controller sends, what ``assignment_file``
-holds); `sample_assignment_obj` is the same parsed. Overrides use the wire names:
-``revision=2``, ``kubernetes_version="1.32"``, ``drained=True``, ``credential_provider="iam-ra"``
-(which swaps the ``ssm`` section for ``iam_roles_anywhere``), and ``section__key=value`` for a
-nested field (``cluster__name="c1"``, ``network__node_ip=None``).
+what was logged without parsing rendered lines. `sample_assignment` is the one example
+assignment of the test suite, the demo and the benchmarks, in its wire form (what the
+controller sends, what ``assignment_file`` holds); `sample_assignment_obj` is the same parsed.
+Overrides use the wire names: ``revision=2``, ``kubernetes_version="1.32"``, ``drained=True``,
+``credential_provider="iam-ra"`` (which swaps the ``ssm`` section for ``iam_roles_anywhere``),
+and ``section__key=value`` for a nested field (``cluster__name="c1"``, ``network__node_ip=None``).
 
 The agent itself never imports this module; tests/test_boundaries.py fails if it does.
 """
@@ -73,14 +73,8 @@ def sample_assignment(**overrides: Any) -> dict[str, Any]:
     ``iam_roles_anywhere`` one, unless either is given.
     """
     doc = copy.deepcopy(_SAMPLE)
-    if (
-        overrides.get("credential_provider") == "iam-ra"
-        and not {
-            "ssm",
-            "iam_roles_anywhere",
-        }
-        & overrides.keys()
-    ):
+    credentials = {"ssm", "iam_roles_anywhere"} & overrides.keys()
+    if overrides.get("credential_provider") == "iam-ra" and not credentials:
         del doc["ssm"]
         doc["iam_roles_anywhere"] = dict(_IAM_ROLES_ANYWHERE)
     for name, value in overrides.items():
