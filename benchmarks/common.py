@@ -419,17 +419,18 @@ class Rig:
              local: bool = False, mqtt: dict[str, Any] | None = None) -> Any:
         """A tests.support.HostEnv wired to this rig; its assignment from the controller (or
         a local file with `local=True` or without a controller)."""
-        from tests.support import HostEnv, assignment
+        from agent.testing import sample_assignment
+        from tests.support import HostEnv
 
         cfg = self.agent_config(health_interval_s=health_interval_s, mqtt=mqtt)
         use_local = local or self.controller is None
         if use_local:
             cfg.pop("controller", None)
         h = HostEnv(self.tmp / name, uid=uid, config=cfg,
-                    local_assignment=assignment() if use_local else None)
+                    local_assignment=sample_assignment() if use_local else None)
         if not use_local:
             assert self.controller is not None
-            self.controller.set_assignment(uid, assignment())
+            self.controller.set_assignment(uid, sample_assignment())
         return h
 
     def close(self) -> None:
@@ -441,11 +442,11 @@ class Rig:
 CONTROLLER_CODE = """\
 import json, sys
 from devtools import controller
-from tests.support import assignment
+from agent.testing import sample_assignment
 # socketserver listens with a backlog of 5: a thousand agents registering at once would
 # overflow it and wait on SYN retransmits, which measures the fake, not the agents.
 controller._Server.request_queue_size = 4096
-ctl = controller.Controller(registration_token=sys.argv[1], assignment=assignment()).start()
+ctl = controller.Controller(registration_token=sys.argv[1], assignment=sample_assignment()).start()
 print(json.dumps({"url": ctl.url, "healthz_url": ctl.healthz_url}), flush=True)
 sys.stdin.read()
 print(json.dumps({"requests": len(ctl.requests), "registrations": len(ctl.registrations)}),
@@ -455,7 +456,7 @@ ctl.stop()
 
 
 class ControllerProcess:
-    """The devtools controller in its own process (every host gets `assignment()`), so that
+    """The devtools controller in its own process (every host gets `sample_assignment()`), so that
     its threads do not share a GIL with the agents under test."""
 
     def __init__(self, token: str = TOKEN) -> None:

@@ -2,7 +2,7 @@
 
 Each agent has its own made-up host tree (make_host), state directory, UID and config, as
 separate hosts would; they share only the process, the broker and the controller (the
-devtools controller in a process of its own, which gives every host `assignment()`). Each
+devtools controller in a process of its own, which gives every host `sample_assignment()`). Each
 size runs in a fresh child process (this script with --one N), so that one size's garbage
 does not count towards the next one's memory.
 
@@ -176,10 +176,10 @@ def build_hosts(tmp: Path, n: int, mode: str, *, broker_url: str, pub: Path,
     from agent.core.assignment import parse_assignment
     from agent.core.config import parse_config
     from agent.state.store import StateStore
+    from agent.testing import sample_assignment
     from devtools.fakehost.hosttree import install_fake_programs, make_host, set_unit
-    from tests.support import assignment
 
-    doc = assignment()
+    doc = sample_assignment()
     version = None
     configs = []
     for i in range(n):

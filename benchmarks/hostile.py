@@ -24,11 +24,12 @@ from common import save_result, vm_hwm
 
 from agent.commands.ledger import CommandLedger
 from agent.core.envelope import CommandEnvelope
+from agent.testing import sample_assignment
 from devtools.broker import Mosquitto
 from devtools.commander import Commander
 from devtools.controller import Controller
 from devtools.signer import CommandSigner
-from tests.support import HostEnv, assignment
+from tests.support import HostEnv
 
 
 def _site(tmp: Path) -> tuple[HostEnv, Mosquitto, Controller, CommandSigner, Commander, str]:
@@ -38,7 +39,7 @@ def _site(tmp: Path) -> tuple[HostEnv, Mosquitto, Controller, CommandSigner, Com
     broker.directory.mkdir(parents=True)
     broker.start()
     controller = Controller().start()
-    controller.set_assignment(uid, assignment())
+    controller.set_assignment(uid, sample_assignment())
     signer = CommandSigner.generate()
     key = signer.write_public_key(tmp / "signing.pub")
     token = tmp / "token"

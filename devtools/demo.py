@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from agent.testing import sample_assignment
 from devtools.broker import Mosquitto
 from devtools.commander import Commander, Received
 from devtools.controller import Controller
@@ -37,29 +38,7 @@ from devtools.fakehost.hosttree import install_fake_programs, make_host
 from devtools.signer import CommandSigner
 
 UID = "edge-demo-store-12"
-ASSIGNMENT: dict[str, Any] = {
-    "revision": 1,
-    "cluster": {
-        "name": "eks-hybrid-demo",
-        "region": "us-west-2",
-        "vpc_cidr": "10.100.0.0/16",
-        "service_cidr": "172.20.0.0/16",
-        "kubernetes_version": "1.31",
-    },
-    "kubernetes_version": "1.31",
-    "credential_provider": "ssm",
-    "ssm": {
-        "activation_id": "0a1b2c3d-1111-2222-3333-444455556666",
-        "activation_code": "EXAMPLEactivationCode01",
-    },
-    "network": {
-        "remote_node_cidrs": ["10.200.0.0/16"],
-        "remote_pod_cidrs": ["192.168.0.0/16"],
-        "vpn_server_ip": "172.16.0.1",
-        "node_ip": "10.200.1.5",
-    },
-    "kubelet": {"node_labels": {"site": "store-12"}},
-}
+ASSIGNMENT: dict[str, Any] = sample_assignment()
 BOLD, DIM, GREEN, RED, YELLOW, CYAN, RESET = (
     "\033[1m",
     "\033[2m",

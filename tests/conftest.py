@@ -104,10 +104,9 @@ def _from_agent_config(path: Path, add: Any) -> None:
 
 def known_secrets() -> dict[str, str]:
     """The fixed secrets the test suite uses."""
-    from tests.nodeadm.samples import ACTIVATION_CODE as SAMPLE_CODE
-    from tests.support import ACTIVATION_CODE
+    from agent.testing import ACTIVATION_CODE
 
-    return {ACTIVATION_CODE: "activation code", SAMPLE_CODE: "activation code"}
+    return {ACTIVATION_CODE: "activation code"}
 
 
 def scan_logs(root: Path, secrets: Mapping[str, str]) -> list[Leak]:

@@ -1,5 +1,6 @@
 """Test support: a made-up host with the fake programs, a config, and `edge-agent run` as a
-real subprocess. Shared by the end-to-end and fault-injection tests.
+real subprocess. Shared by the end-to-end and fault-injection tests; the assignment they give
+the host is `agent.testing.sample_assignment`.
 """
 
 from __future__ import annotations
@@ -21,37 +22,6 @@ from devtools.fakehost import layout
 from devtools.fakehost.hosttree import install_fake_programs, make_host
 
 ROOT = Path(__file__).resolve().parents[1]
-ACTIVATION_CODE = "SECRETactivationCode0042"
-
-
-def assignment(**over: Any) -> dict[str, Any]:
-    a: dict[str, Any] = {
-        "revision": 1,
-        "cluster": {
-            "name": "acc-cluster",
-            "region": "eu-west-1",
-            "vpc_cidr": "10.100.0.0/16",
-            "service_cidr": "172.20.0.0/16",
-            "kubernetes_version": "1.31",
-        },
-        "kubernetes_version": "1.31",
-        "credential_provider": "ssm",
-        "ssm": {
-            "activation_id": "0a1b2c3d-1111-2222-3333-444455556666",
-            "activation_code": ACTIVATION_CODE,
-        },
-        "network": {
-            "remote_node_cidrs": ["10.200.0.0/16"],
-            "remote_pod_cidrs": ["192.168.0.0/16"],
-            "vpn_server_ip": "172.16.0.1",
-            "node_ip": "10.200.1.5",
-        },
-        "kubelet": {"node_labels": {"site": "acc"}},
-    }
-    a.update(over)
-    return a
-
-
 # Every HostEnv made in this test process, so a fixture can stop the agents a failed test left.
 STARTED: list[HostEnv] = []
 

@@ -13,12 +13,13 @@ import pytest
 
 from agent.app import Agent
 from agent.configfile import load_config
+from agent.testing import sample_assignment
 from devtools.controller import Controller
-from tests.support import HostEnv, assignment
+from tests.support import HostEnv
 
 
 async def test_an_unknown_step_fails_and_runs_no_nodeadm(tmp_path: Path) -> None:
-    h = HostEnv(tmp_path, local_assignment=assignment())
+    h = HostEnv(tmp_path, local_assignment=sample_assignment())
     agent = Agent(load_config(h.config_path, {}), stdout=io.StringIO(), env={})
     with pytest.raises(AssertionError):
         await agent.effects.run_step("reboot", None, agent.driver.state)  # type: ignore[arg-type]
@@ -30,7 +31,7 @@ async def test_the_watchdog_watches_the_controller_loop(tmp_path: Path) -> None:
     try:
         token = tmp_path / "token"
         token.write_text(controller.registration_token)
-        controller.set_assignment("edge-test-1", assignment())
+        controller.set_assignment("edge-test-1", sample_assignment())
         h = HostEnv(
             tmp_path,
             config={

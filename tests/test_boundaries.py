@@ -1,5 +1,6 @@
 """Who may import what (issue 3): one module owns aiomqtt (and paho under it), one owns httpx,
-and the agent never imports the project's test tools. Read from the source with `ast`, so a
+and the agent never imports the project's test tools (tests/, devtools/, nor the doubles it ships
+in agent/testing.py). Read from the source with `ast`, so a
 lazy import inside a function counts as much as one at the top."""
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ def test_each_outside_library_has_one_owner_and_test_tools_none() -> None:
         for name in _imports(path) & OWNERS.keys():
             importers[name].add(rel)
     assert importers == OWNERS
+
+
+def test_only_tests_import_the_shipped_test_doubles() -> None:
+    """agent/testing.py ships with the package, like structlog.testing, for tests to use."""
+    importers = set()
+    for path in sorted(AGENT.rglob("*.py")):
+        rel = path.relative_to(AGENT.parent).as_posix()
+        if rel != "agent/testing.py" and _module_imports(path) & {"agent.testing"}:
+            importers.add(rel)
+    assert importers == set()
+    # And the doubles stand alone: no tests/ or devtools/ behind them (checked above too).
+    assert not _imports(AGENT / "testing.py") & {"tests", "devtools"}
 
 
 def test_the_scan_sees_lazy_imports(tmp_path: Path) -> None:
@@ -105,9 +118,11 @@ def test_the_core_touches_nothing_outside_itself() -> None:
 
 def test_the_core_scan_catches_io_and_edge_imports(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
-    sample.write_text("import time\nfrom agent.state.atomic import write_bytes\n")
+    sample.write_text(
+        "import time\nfrom agent.state.atomic import write_bytes\nfrom agent import testing\n"
+    )
     found = _module_imports(sample)
-    assert "time" in found and "agent.state.atomic" in found
+    assert "time" in found and "agent.state.atomic" in found and "agent.testing" in found
 
 
 def test_no_lifecycle_state_is_built_outside_the_machine() -> None:

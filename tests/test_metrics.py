@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.core.config import MetricsConfig
 from agent.exporter import LinkFigures, MetricsExporter, MetricsSnapshot, Tally
 from agent.logs import LevelHolder, make_logger
-from tests.support import ROOT, HostEnv, assignment
+from agent.testing import sample_assignment
+from tests.support import ROOT, HostEnv
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -113,7 +114,7 @@ def test_the_exporter_alone_serves_and_writes_what_it_was_given(tmp_path: Path) 
 
 def test_without_metrics_prometheus_client_is_never_imported(tmp_path: Path) -> None:
     # PYTHONPROFILEIMPORTTIME makes Python log every import to stderr (agent.out).
-    off = HostEnv(tmp_path / "off", local_assignment=assignment())
+    off = HostEnv(tmp_path / "off", local_assignment=sample_assignment())
     off.start({"PYTHONPROFILEIMPORTTIME": "1"})
     off.wait_phase("joined", 30)
     assert off.stop() == 0
@@ -121,7 +122,7 @@ def test_without_metrics_prometheus_client_is_never_imported(tmp_path: Path) -> 
     assert "prometheus_client" not in off.output()
     on = HostEnv(
         tmp_path / "on",
-        local_assignment=assignment(),
+        local_assignment=sample_assignment(),
         config={"metrics": {"textfile": str(tmp_path / "on.prom")}},
     )
     on.start({"PYTHONPROFILEIMPORTTIME": "1"})
@@ -134,7 +135,7 @@ def test_without_metrics_prometheus_client_is_never_imported(tmp_path: Path) -> 
 def test_metrics_without_prometheus_client_leave_the_agent_working(tmp_path: Path) -> None:
     host = HostEnv(
         tmp_path,
-        local_assignment=assignment(),
+        local_assignment=sample_assignment(),
         config={"metrics": {"textfile": str(tmp_path / "edge_agent.prom")}},
     )
     # A Python where prometheus-client cannot be imported, as on a host without the extra.

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.state.pidfile import PID_FILE, liveness, write_pid_file
-from tests.support import ROOT, HostEnv, assignment
+from agent.testing import sample_assignment
+from tests.support import ROOT, HostEnv
 
 
 def _status(host: HostEnv, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -32,7 +33,7 @@ def _json(host: HostEnv) -> tuple[int, dict[str, Any]]:
 
 
 def test_before_any_run_it_is_not_running_and_shows_no_phase(tmp_path: Path) -> None:
-    host = HostEnv(tmp_path, local_assignment=assignment())
+    host = HostEnv(tmp_path, local_assignment=sample_assignment())
     r = _status(host)
     assert r.returncode == 3, r.stderr
     assert r.stdout.startswith("edge-agent: not running\n")
@@ -45,7 +46,7 @@ def test_before_any_run_it_is_not_running_and_shows_no_phase(tmp_path: Path) -> 
 
 
 def test_running_then_stopped(tmp_path: Path) -> None:
-    host = HostEnv(tmp_path, local_assignment=assignment())
+    host = HostEnv(tmp_path, local_assignment=sample_assignment())
     host.start()
     assert host.proc is not None
     st = host.wait_phase("joined")
@@ -71,7 +72,7 @@ def test_running_then_stopped(tmp_path: Path) -> None:
 
 
 def test_a_crashed_daemon_is_not_running(tmp_path: Path) -> None:
-    host = HostEnv(tmp_path, local_assignment=assignment())
+    host = HostEnv(tmp_path, local_assignment=sample_assignment())
     host.start()
     assert host.proc is not None
     host.wait_phase("joined")

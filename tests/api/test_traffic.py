@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from agent.core.assignment import AssignmentError, parse_assignment
+from agent.testing import sample_assignment
 from devtools.commander import Received
 from tests.api.schemas import API, mqtt_drift, validate
 from tests.e2e.conftest import Site, SiteFactory
-from tests.support import assignment
 
 
 def _post_register(site: Site, body: dict[str, Any]) -> dict[str, Any]:
@@ -93,34 +93,20 @@ def test_the_drift_check_catches_an_undocumented_field_and_a_wrong_qos() -> None
 def test_a_refused_assignment_is_refused_by_the_schema_too(site_factory: SiteFactory) -> None:
     s = site_factory()
     s.host.wait_phase("joined", 30)
-    bad = assignment(revision=2, kubernetes_version=1.3)
+    bad = sample_assignment(revision=2, kubernetes_version=1.3)
     assert validate("assignment", bad) != []
     s.controller.set_assignment(s.uid, bad)
     st = s.wait_status(lambda st: (st.get("last_error") or {}).get("code") == "bad_assignment")
     assert st["assignment_revision"] == 1
     assert validate("assignment", s.controller.assignment_for(s.uid)) != []
     # The one it accepted conforms, and so does the status it left behind.
-    assert validate("assignment", assignment()) == []
+    assert validate("assignment", sample_assignment()) == []
     stripped = {k: v for k, v in st.items() if k not in ("running", "pid", "running_since")}
     assert validate("status", stripped) == []
 
 
-def _iam_ra() -> dict[str, Any]:
-    a = assignment(credential_provider="iam-ra")
-    del a["ssm"]
-    a["iam_roles_anywhere"] = {
-        "node_name": "store-12",
-        "trust_anchor_arn": "arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/x",
-        "profile_arn": "arn:aws:rolesanywhere:eu-west-1:111122223333:profile/y",
-        "role_arn": "arn:aws:iam::111122223333:role/hybrid",
-        "certificate_path": "/etc/iam/pki/server.pem",
-        "private_key_path": "/etc/iam/pki/server.key",
-    }
-    return a
-
-
 def _with(path: str, value: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    a = copy.deepcopy(base or assignment())
+    a = copy.deepcopy(base or sample_assignment())
     *parents, last = path.split(".")
     node = a
     for p in parents:
@@ -133,10 +119,11 @@ def _with(path: str, value: Any, base: dict[str, Any] | None = None) -> dict[str
 
 
 _DELETE = object()
+IAM_RA = sample_assignment(credential_provider="iam-ra")
 
 ACCEPTED = {
-    "full": assignment(),
-    "iam-ra": _iam_ra(),
+    "full": sample_assignment(),
+    "iam-ra": IAM_RA,
     "unknown fields ignored": _with("future_field", {"x": 1}),
     "patch version": _with("kubernetes_version", "1.31.2"),
     "nulls for optionals": _with("kubelet", None, _with("network.node_ip", None)),
@@ -152,7 +139,7 @@ REFUSED = {
     "empty region": _with("cluster.region", ""),
     "unknown provider": _with("credential_provider", "password"),
     "ssm without its object": _with("ssm", _DELETE),
-    "iam-ra without its object": _with("iam_roles_anywhere", _DELETE, _iam_ra()),
+    "iam-ra without its object": _with("iam_roles_anywhere", _DELETE, IAM_RA),
     "no remote node cidrs": _with("network.remote_node_cidrs", []),
     "a cidr that is not a string": _with("network.remote_node_cidrs", [10]),
     "bad taint": _with("kubelet.taints", ["dedicated"]),

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from agent.testing import sample_assignment
 from tests.appliance import kairos
 from tests.appliance.image import NODE_IP
 from tests.system.nspawn import Machine
@@ -32,18 +33,15 @@ SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops", "net.
 
 
 def assignment(revision: int = 1, kubernetes_version: str = "1.31") -> dict[str, Any]:
-    return {
-        "revision": revision,
-        "cluster": {"name": "store-fleet", "region": "us-west-2", "vpc_cidr": "10.100.0.0/16"},
-        "kubernetes_version": kubernetes_version,
-        "credential_provider": "ssm",
-        "ssm": {
-            "activation_id": "0a1b2c3d-1111-2222-3333-444455556666",
-            "activation_code": "EXAMPLEactivationCode01",
-        },
-        "network": {"remote_node_cidrs": ["10.200.0.0/16"], "node_ip": NODE_IP},
-        "containerd_source": "distro",
-    }
+    """The example assignment at this site's node IP, with no CIDR to check against the
+    boot's private network beyond the remote node one."""
+    return sample_assignment(
+        revision=revision,
+        kubernetes_version=kubernetes_version,
+        cluster__service_cidr=None,
+        cluster__kubernetes_version=None,
+        network={"remote_node_cidrs": ["10.200.0.0/16"], "node_ip": NODE_IP},
+    )
 
 
 def stage_files(doc: dict[str, Any], assigned: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,6 @@ needs on top (a config pointing at the tree, an assignment, a small `#!/bin/sh` 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -14,66 +13,30 @@ from pathlib import Path
 from typing import Any
 
 from agent.checks import CheckContext, run_checks
-from agent.core.assignment import Assignment, parse_assignment
+from agent.core.assignment import Assignment
 from agent.core.checks import CheckResult
 from agent.core.config import Config, parse_config
 from agent.host.hostroot import HostRoot
+from agent.testing import CapturingLog, sample_assignment, sample_assignment_obj
 from devtools.fakehost import install_fake_programs
 
-ASSIGNMENT: dict[str, Any] = {
-    "revision": 3,
-    "cluster": {
-        "name": "eks-hybrid-demo",
-        "region": "us-west-2",
-        "vpc_cidr": "10.100.0.0/16",
-        "service_cidr": "172.20.0.0/16",
-        "kubernetes_version": "1.31",
-    },
-    "kubernetes_version": "1.31",
-    "credential_provider": "ssm",
-    "ssm": {
-        "activation_id": "0a1b2c3d-1111-2222-3333-444455556666",
-        "activation_code": "EXAMPLEactivationCode01",
-    },
-    "network": {
-        "remote_node_cidrs": ["10.200.0.0/16"],
-        "remote_pod_cidrs": ["192.168.0.0/16"],
-        "vpn_server_ip": "172.16.0.1",
-        "node_ip": None,
-    },
-    "containerd_source": "distro",
-}
-
-
+# The example assignment without a node IP: the node IP checks find it from the host's
+# addresses unless a test names one.
+ASSIGNMENT: dict[str, Any] = sample_assignment(network__node_ip=None)
+# The IAM Roles Anywhere example's node name and certificate.
 NODE = "store-42-node-1"
 CERT = "/etc/iam/pki/server.pem"
-IRA: dict[str, Any] = {
-    "node_name": NODE,
-    "trust_anchor_arn": "arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/0f1e2d3c-aaaa-bbbb-cccc-111122223333",
-    "profile_arn": "arn:aws:rolesanywhere:eu-west-1:111122223333:profile/prof-id",
-    "role_arn": "arn:aws:iam::111122223333:role/AmazonEKSHybridNodesRole",
-    "certificate_path": CERT,
-    "private_key_path": "/etc/iam/pki/server.key",
-}
 
 
 def ira_assignment(**changes: Any) -> Assignment:
     """The example assignment switched to IAM Roles Anywhere; ``changes`` edit that section."""
-    doc = copy.deepcopy(ASSIGNMENT)
-    doc.update(credential_provider="iam-ra", ssm=None, iam_roles_anywhere={**IRA, **changes})
-    return parse_assignment(doc)
+    section = {f"iam_roles_anywhere__{key}": value for key, value in changes.items()}
+    return sample_assignment_obj(network__node_ip=None, credential_provider="iam-ra", **section)
 
 
 def assignment(**changes: Any) -> Assignment:
-    """The contract's example assignment; ``section__key=value`` changes a nested field."""
-    doc = copy.deepcopy(ASSIGNMENT)
-    for key, value in changes.items():
-        if "__" in key:
-            section, sub = key.split("__", 1)
-            doc[section][sub] = value
-        else:
-            doc[key] = value
-    return parse_assignment(doc)
+    """`ASSIGNMENT` parsed; ``section__key=value`` changes a nested field."""
+    return sample_assignment_obj(**{"network__node_ip": None, **changes})
 
 
 def config(tmp_path: Path, root: Path, **sections: Any) -> Config:
@@ -92,28 +55,6 @@ def config(tmp_path: Path, root: Path, **sections: Any) -> Config:
         else:
             doc[name] = value
     return parse_config(doc)
-
-
-class RecordingLog:
-    """A structlog-like logger that keeps what it was told."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    def _log(self, level: str, event: str, **kw: Any) -> None:
-        self.events.append((level, event, kw))
-
-    def debug(self, event: str, **kw: Any) -> None:
-        self._log("debug", event, **kw)
-
-    def info(self, event: str, **kw: Any) -> None:
-        self._log("info", event, **kw)
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self._log("warning", event, **kw)
-
-    def error(self, event: str, **kw: Any) -> None:
-        self._log("error", event, **kw)
 
 
 def context(
@@ -135,7 +76,7 @@ def context(
         addresses=addresses,
         now=time.time() if now is None else now,
         allow_changes=allow_changes,
-        log=RecordingLog(),
+        log=CapturingLog(),
         arch=arch,
     )
 

@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.checks import to_json
 from agent.core.checks import CheckStatus
+from agent.testing import ACTIVATION_CODE
 from devtools.fakehost import make_host
 from tests.checks.helpers import (
     ASSIGNMENT,
@@ -79,7 +80,7 @@ def root(tmp_path: Path) -> Path:
 async def test_ssm_well_formed_passes(tmp_path: Path, root: Path) -> None:
     r = await one(context(config(tmp_path, root), assignment()), "credentials")
     assert r.status is CheckStatus.PASS, r
-    assert "EXAMPLEactivationCode01" not in json.dumps(to_json([r]))
+    assert ACTIVATION_CODE not in json.dumps(to_json([r]))
 
 
 async def test_ssm_problems_never_show_the_code(tmp_path: Path, root: Path) -> None:

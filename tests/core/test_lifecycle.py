@@ -10,18 +10,9 @@ import pytest
 
 from agent.core import lifecycle as lc
 from agent.core.assignment import parse_assignment
+from agent.testing import sample_assignment
 
-BASE: dict[str, Any] = {
-    "revision": 1,
-    "cluster": {"name": "c1", "region": "us-west-2", "vpc_cidr": "10.100.0.0/16"},
-    "kubernetes_version": "1.31",
-    "credential_provider": "ssm",
-    "ssm": {
-        "activation_id": "0a1b2c3d-1111-2222-3333-444455556666",
-        "activation_code": "EXAMPLEactivationCode01",
-    },
-    "network": {"remote_node_cidrs": ["10.200.0.0/16"]},
-}
+BASE: dict[str, Any] = sample_assignment(cluster__name="c1")
 P = lc.Policy(retry_backoff_s=60, retry_cap_s=1800, degraded_after_s=120)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from agent.commands.dispatcher import ArgsError
 from agent.commands.handlers import build_specs
-from agent.core.assignment import AssignmentError, parse_assignment
-from tests.support import assignment
+from agent.core.assignment import AssignmentError
+from agent.testing import sample_assignment_obj
 
 
 class _Idle:
@@ -38,14 +38,14 @@ LOOSE = [
 
 @pytest.mark.parametrize("version", ["1.31", "1.31.2", "10.0"])
 def test_plain_versions_pass_both(version: str) -> None:
-    assert parse_assignment(assignment(kubernetes_version=version)).kubernetes_version == version
+    assert sample_assignment_obj(kubernetes_version=version).kubernetes_version == version
     assert _upgrade().check_args({"kubernetes_version": version})["kubernetes_version"] == version
 
 
 @pytest.mark.parametrize("version", LOOSE)
 def test_an_assignment_with_a_loose_version_is_refused(version: str) -> None:
     with pytest.raises(AssignmentError, match="kubernetes_version"):
-        parse_assignment(assignment(kubernetes_version=version))
+        sample_assignment_obj(kubernetes_version=version)
 
 
 @pytest.mark.parametrize("version", LOOSE)

@@ -15,16 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.testing import sample_assignment
 from devtools.controller import Controller, ServerTLS
 
-ASSIGNMENT: dict[str, Any] = {
-    "revision": 3,
-    "cluster": {"name": "eks-hybrid-demo", "region": "us-west-2", "vpc_cidr": "10.100.0.0/16"},
-    "kubernetes_version": "1.31",
-    "credential_provider": "ssm",
-    "ssm": {"activation_id": "a", "activation_code": "b"},
-    "network": {"remote_node_cidrs": ["10.200.0.0/16"]},
-}
+ASSIGNMENT: dict[str, Any] = sample_assignment(revision=3)
 
 
 def body(uid: str = "edge-test-1") -> dict[str, Any]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import CapturingLogger
 
 from agent.assignments import AssignmentSource
 from agent.core import lifecycle as lc
@@ -25,8 +24,8 @@ from agent.link.messages import Kind
 from agent.outbound import Outbound
 from agent.state.record import Record
 from agent.state.storage import StorageHealth
+from agent.testing import CapturingLog, sample_assignment
 from devtools.controller import Controller
-from tests.support import assignment
 
 UID = "edge-source-1"
 
@@ -70,7 +69,7 @@ def config_for(tmp: Path, controller: Controller, token: str) -> Config:
 
 class Rig:
     def __init__(self, cfg: Config) -> None:
-        log = CapturingLogger()
+        log = CapturingLog()
         self.sent = Sent()
         self.beats: list[float] = []
         storage = StorageHealth(cfg.state_dir, now=time.time, log=log)
@@ -122,7 +121,7 @@ class Rig:
 
 @pytest.fixture
 async def running(tmp_path: Path, controller: Controller) -> AsyncIterator[Rig]:
-    controller.set_assignment(UID, assignment(revision=3))
+    controller.set_assignment(UID, sample_assignment(revision=3))
     rig = Rig(config_for(tmp_path, controller, controller.registration_token))
     tasks = [
         asyncio.create_task(rig.driver.run()),
@@ -148,7 +147,7 @@ async def test_sync_answers_with_the_revision_the_lifecycle_took(
     running: Rig, controller: Controller
 ) -> None:
     await asyncio.wait_for(running.driver.wait_until(lambda s: s.assignment is not None), 15)
-    controller.set_assignment(UID, assignment(revision=4))
+    controller.set_assignment(UID, sample_assignment(revision=4))
     # No sleep between the fetch and the answer: the driver has applied the offer by then.
     assert await asyncio.wait_for(running.source.sync(), 15) == {"revision": 4}
     assert running.driver.state.assignment is not None

@@ -10,14 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from structlog.testing import CapturingLogger
 
 from agent.core import lifecycle as lc
-from agent.core.assignment import parse_assignment
 from agent.core.checks import CheckResult
 from agent.core.codes import Step
 from agent.driver import LifecycleDriver
-from tests.support import assignment
+from agent.testing import CapturingLog, sample_assignment_obj
 
 
 class FakeHost:
@@ -46,8 +44,8 @@ class FakeHost:
 
 
 @pytest.fixture
-async def rig() -> AsyncIterator[tuple[LifecycleDriver, FakeHost, CapturingLogger]]:
-    host, log = FakeHost(), CapturingLogger()
+async def rig() -> AsyncIterator[tuple[LifecycleDriver, FakeHost, CapturingLog]]:
+    host, log = FakeHost(), CapturingLog()
     driver = LifecycleDriver(
         state=lc.State(),
         policy=lc.Policy(retry_backoff_s=3600),
@@ -73,7 +71,7 @@ def joined(st: lc.State) -> bool:
 async def test_an_assignment_runs_checks_install_and_init_once_each(rig: Any) -> None:
     driver, host, _ = rig
     driver.post(lc.Boot(registering=False))
-    driver.post(lc.AssignmentArrived(parse_assignment(assignment())))
+    driver.post(lc.AssignmentArrived(sample_assignment_obj()))
     st = await asyncio.wait_for(driver.wait_until(joined), 10)
     assert host.checks == 1
     assert host.steps == ["install", "init"]
@@ -87,19 +85,19 @@ async def test_a_crashed_step_fails_the_phase_and_is_logged(rig: Any) -> None:
     driver, host, log = rig
     host.crash = "install"
     driver.post(lc.Boot(registering=False))
-    driver.post(lc.AssignmentArrived(parse_assignment(assignment())))
+    driver.post(lc.AssignmentArrived(sample_assignment_obj()))
     st = await asyncio.wait_for(driver.wait_until(lambda s: s.phase is lc.Phase.FAILED), 10)
     assert st.last_error is not None and st.last_error.code == "nodeadm_failed"
     assert "install blew up" in st.last_error.message
     assert host.steps == ["install"]  # no retry before the (long) backoff
-    assert any(c.args == ("nodeadm.crashed",) for c in log.calls)
+    assert log.events("nodeadm.crashed")
 
 
 async def test_work_in_flight_is_named_and_a_cancel_fails_it_without_retry(rig: Any) -> None:
     driver, host, _ = rig
     host.hold = asyncio.Event()
     driver.post(lc.Boot(registering=False))
-    driver.post(lc.AssignmentArrived(parse_assignment(assignment())))
+    driver.post(lc.AssignmentArrived(sample_assignment_obj()))
     await asyncio.wait_for(driver.wait_until(lambda s: s.phase is lc.Phase.INSTALLING), 10)
     while driver.busy != "install":  # the task starts right after the phase is announced
         await asyncio.sleep(0)

@@ -7,14 +7,11 @@ import errno
 import time
 from pathlib import Path
 
-from structlog.testing import CapturingLogger
-
 from agent.core import lifecycle as lc
-from agent.core.assignment import parse_assignment
 from agent.state.record import Record
 from agent.state.storage import StorageHealth
 from agent.status import build_status
-from tests.support import assignment
+from agent.testing import CapturingLog, sample_assignment_obj
 
 
 def status(state: lc.State, record: Record, storage: lc.LastError | None) -> dict[str, object]:
@@ -24,7 +21,7 @@ def status(state: lc.State, record: Record, storage: lc.LastError | None) -> dic
 
 
 def full_disk(tmp: Path) -> StorageHealth:
-    health = StorageHealth(tmp, now=time.time, log=CapturingLogger())
+    health = StorageHealth(tmp, now=time.time, log=CapturingLog())
     assert health.failed("cannot save the state", OSError(errno.ENOSPC, "No space left"))
     return health
 
@@ -35,7 +32,7 @@ def test_the_record_fills_checks_and_nodeadm_version() -> None:
         checks_ts=0.0,
         extra={"nodeadm_version": "v1.0.7"},
     )
-    a = parse_assignment(assignment(revision=9))
+    a = sample_assignment_obj(revision=9)
     st = status(lc.State(phase=lc.Phase.PREFLIGHT_FAILED, assignment=a), record, None)
     assert st["nodeadm_version"] == "v1.0.7"
     assert st["assignment_revision"] == 9

@@ -25,13 +25,14 @@ from typing import Any
 
 import pytest
 
+from agent.testing import sample_assignment
 from devtools.broker import Mosquitto
 from devtools.commander import Commander
 from devtools.controller import Controller
 from devtools.fakehost import layout
 from devtools.signer import CommandSigner
 from tests.api.schemas import mqtt_drift
-from tests.support import HostEnv, assignment, stop_all_started
+from tests.support import HostEnv, stop_all_started
 
 REGISTRATION_TOKEN_PREFIX = "regtoken-"
 
@@ -178,7 +179,7 @@ def site_factory(tmp_path: Path) -> Iterator[SiteFactory]:
         broker.start()
         controller = Controller(registration_token=f"{REGISTRATION_TOKEN_PREFIX}{tag}").start()
         if not no_assignment:
-            controller.set_assignment(uid, host_assignment or assignment())
+            controller.set_assignment(uid, host_assignment or sample_assignment())
         else:
             controller.set_assignment(uid, None)
         signer = CommandSigner.generate()

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.checks import CHECK_IDS
+from agent.testing import sample_assignment
 from devtools.commander import FINAL_STATES
 from devtools.fakehost import layout
 from tests.e2e.conftest import Site, SiteFactory
-from tests.support import assignment, process_alive
+from tests.support import process_alive
 
 STATUS_KEYS = {
     "uid", "agent_version", "mode", "phase", "phase_since", "ts", "seq", "kubernetes_version",
@@ -176,7 +177,7 @@ def test_every_command_runs_on_a_joined_host(site_factory: SiteFactory) -> None:
     assert refreshed["manager"] == "apt" and isinstance(refreshed["duration_s"], float | int)
     assert len(layout.calls(s.host.root, "apt-get")) == apt_before + 1
 
-    s.controller.set_assignment(s.uid, assignment(revision=2, kubelet={"node_labels": {"a": "b"}}))
+    s.controller.set_assignment(s.uid, sample_assignment(revision=2, kubelet={"node_labels": {"a": "b"}}))
     assert run("sync-assignment") == {"revision": 2}
     assert s.wait_status(lambda st: st["assignment_revision"] == 2, 5)["phase"] == "joined"
 

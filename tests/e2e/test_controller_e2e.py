@@ -14,8 +14,8 @@ import stat
 import tarfile
 import time
 
+from agent.testing import ACTIVATION_CODE, sample_assignment
 from tests.e2e.conftest import Site, SiteFactory
-from tests.support import ACTIVATION_CODE, assignment
 
 
 def _arch() -> str:
@@ -141,7 +141,7 @@ def test_assignment_is_polled_with_its_etag(site: Site) -> None:
 
 def test_upgrade_waits_for_drain_then_runs(site: Site) -> None:
     site.host.wait_phase("joined", 30)
-    newer = assignment(revision=2, kubernetes_version="1.32")
+    newer = sample_assignment(revision=2, kubernetes_version="1.32")
     newer["cluster"] = {**newer["cluster"], "kubernetes_version": "1.32"}
     site.controller.set_assignment(site.uid, newer)
     st = site.wait_status(
@@ -166,9 +166,9 @@ def test_upgrade_waits_for_drain_then_runs(site: Site) -> None:
 
 
 def test_an_older_revision_is_ignored_with_an_event(site_factory: SiteFactory) -> None:
-    s = site_factory(host_assignment=assignment(revision=5))
+    s = site_factory(host_assignment=sample_assignment(revision=5))
     s.host.wait_phase("joined", 30)
-    older = assignment(revision=4)
+    older = sample_assignment(revision=4)
     older["cluster"] = {**older["cluster"], "name": "another-cluster"}
     s.controller.set_assignment(s.uid, {**older, "drained": True})
     ignored = s.cmd.wait_for(

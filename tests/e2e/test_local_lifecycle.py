@@ -17,13 +17,14 @@ from pathlib import Path
 import yaml
 
 from agent.checks import CHECK_IDS
+from agent.testing import ACTIVATION_CODE, sample_assignment
 from devtools.fakehost import layout
 from devtools.fakehost.hosttree import make_host
-from tests.support import ACTIVATION_CODE, ROOT, HostEnv, assignment, process_alive
+from tests.support import ROOT, HostEnv, process_alive
 
 
 def test_joins_from_a_local_assignment_and_stops_cleanly(tmp_path: Path) -> None:
-    h = HostEnv(tmp_path, local_assignment=assignment())
+    h = HostEnv(tmp_path, local_assignment=sample_assignment())
     h.start()
     st = h.wait_phase("joined", 40)
     assert h.phases[-1] == "joined"
@@ -36,7 +37,7 @@ def test_joins_from_a_local_assignment_and_stops_cleanly(tmp_path: Path) -> None
     cfg = Path(h.config["nodeadm"]["config_path"])
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
     doc = yaml.safe_load(cfg.read_text())
-    assert doc["kind"] == "NodeConfig" and doc["spec"]["cluster"]["name"] == "acc-cluster"
+    assert doc["kind"] == "NodeConfig" and doc["spec"]["cluster"]["name"] == "eks-hybrid-demo"
     assert "--node-ip=10.200.1.5" in doc["spec"]["kubelet"]["flags"]
     assert h.stop() == 0
     out = h.output()
@@ -47,7 +48,7 @@ def test_joins_from_a_local_assignment_and_stops_cleanly(tmp_path: Path) -> None
 
 
 def test_restart_after_joined_runs_nodeadm_no_more(tmp_path: Path) -> None:
-    h = HostEnv(tmp_path, local_assignment=assignment())
+    h = HostEnv(tmp_path, local_assignment=sample_assignment())
     h.start()
     h.wait_phase("joined", 40)
     h.stop()
@@ -62,7 +63,7 @@ def test_restart_after_joined_runs_nodeadm_no_more(tmp_path: Path) -> None:
 def test_sigkill_while_install_hangs_ends_the_orphan_and_rejoins(tmp_path: Path) -> None:
     h = HostEnv(
         tmp_path,
-        local_assignment=assignment(),
+        local_assignment=sample_assignment(),
         nodeadm_env={"NODEADM_FAKE_HANG": "install", "NODEADM_FAKE_HANG_TIMES": "1"},
     )
     h.start()
@@ -87,7 +88,7 @@ def test_sigkill_while_install_hangs_ends_the_orphan_and_rejoins(tmp_path: Path)
 def test_nodeadm_failure_is_classified_and_retried(tmp_path: Path) -> None:
     h = HostEnv(
         tmp_path,
-        local_assignment=assignment(),
+        local_assignment=sample_assignment(),
         nodeadm_env={
             "NODEADM_FAKE_FAIL": "init:ssm_activation_expired",
             "NODEADM_FAKE_FAIL_TIMES": "1",
@@ -104,7 +105,7 @@ def test_nodeadm_failure_is_classified_and_retried(tmp_path: Path) -> None:
 
 
 def test_blocking_check_holds_the_join_and_names_the_check(tmp_path: Path) -> None:
-    h = HostEnv(tmp_path, local_assignment=assignment(), host={"swap": "partition"})
+    h = HostEnv(tmp_path, local_assignment=sample_assignment(), host={"swap": "partition"})
     h.start()
     st = h.wait_phase("preflight_failed", 30)
     assert st["last_error"]["code"] == "preflight_failed"
@@ -115,7 +116,7 @@ def test_blocking_check_holds_the_join_and_names_the_check(tmp_path: Path) -> No
 
 
 def test_unquoted_version_is_refused_with_advice(tmp_path: Path) -> None:
-    h = HostEnv(tmp_path, local_assignment=assignment())
+    h = HostEnv(tmp_path, local_assignment=sample_assignment())
     (tmp_path / "assignment.yaml").write_text(
         (tmp_path / "assignment.yaml")
         .read_text()
@@ -130,7 +131,7 @@ def test_unquoted_version_is_refused_with_advice(tmp_path: Path) -> None:
 
 
 def test_sighup_reload_refuses_a_bad_config_and_keeps_running(tmp_path: Path) -> None:
-    h = HostEnv(tmp_path, local_assignment=assignment())
+    h = HostEnv(tmp_path, local_assignment=sample_assignment())
     h.start()
     h.wait_phase("joined", 40)
     good = h.config_path.read_text()
@@ -146,7 +147,7 @@ def test_sighup_reload_refuses_a_bad_config_and_keeps_running(tmp_path: Path) ->
 def test_sigterm_during_install_ends_it_and_the_next_start_resumes(tmp_path: Path) -> None:
     h = HostEnv(
         tmp_path,
-        local_assignment=assignment(),
+        local_assignment=sample_assignment(),
         nodeadm_env={"NODEADM_FAKE_HANG": "install", "NODEADM_FAKE_HANG_TIMES": "1"},
     )
     h.start()
@@ -173,7 +174,7 @@ def _cli(h: HostEnv, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_json_nodeconfig_and_status_from_the_command_line(tmp_path: Path) -> None:
-    h = HostEnv(tmp_path, local_assignment=assignment(), host={"swap": "file"})
+    h = HostEnv(tmp_path, local_assignment=sample_assignment(), host={"swap": "file"})
     r = _cli(h, "check", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)

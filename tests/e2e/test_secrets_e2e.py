@@ -6,8 +6,8 @@ every command that reports on the host.
 
 from __future__ import annotations
 
+from agent.testing import ACTIVATION_CODE
 from tests.e2e.conftest import SiteFactory
-from tests.support import ACTIVATION_CODE
 
 WRONG_TOKEN = "operator-typo-token-7f3a91"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import HostEnv, assignment
+from agent.testing import sample_assignment
+from tests.support import HostEnv
 
 
 def _collect(sock: socket.socket, seconds: float) -> list[str]:
@@ -43,7 +44,7 @@ def test_ready_status_watchdog_and_stopping(tmp_path: Path, abstract: bool) -> N
     h = HostEnv(
         tmp_path,
         config={"controller": {"url": "http://127.0.0.1:9", "registration_token_file": str(token)}},
-        local_assignment=assignment(),
+        local_assignment=sample_assignment(),
         nodeadm_env={"NODEADM_FAKE_DELAY": "0.2"},
     )
     start = time.monotonic()
@@ -66,7 +67,7 @@ def test_children_do_not_inherit_the_notify_socket(tmp_path: Path) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     address = str(tmp_path / "notify.sock")
     sock.bind(address)
-    h = HostEnv(tmp_path, local_assignment=assignment())
+    h = HostEnv(tmp_path, local_assignment=sample_assignment())
     # Put a spy in front of nodeadm that keeps the environment each run was given.
     spy = tmp_path / "bin" / "nodeadm-spy"
     spy.write_text(

@@ -15,8 +15,8 @@ import time
 import zlib
 from pathlib import Path
 
+from agent.testing import sample_assignment
 from tests.e2e.conftest import Site, SiteFactory
-from tests.support import assignment
 
 RSS_HEADROOM_KB = 60 * 1024
 
@@ -60,7 +60,7 @@ def _survives(site: Site, pid: int, polls_before: int, hwm_before: int) -> str:
     assert grown < RSS_HEADROOM_KB, f"peak RSS grew by {grown} KiB"
     # Behaving again (with a new revision, so the agent fetches it in full): the error
     # clears and commands still work.
-    site.controller.set_assignment(site.uid, assignment(revision=2))
+    site.controller.set_assignment(site.uid, sample_assignment(revision=2))
     site.wait_status(lambda st: st.get("last_error") is None, 30)
     assert site.run("ping")["state"] == "succeeded"
     return str(errors[-1].get("message"))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.testing import ACTIVATION_CODE
 from tests.conftest import Leak, discover_secrets, is_log, known_secrets, scan_logs
-from tests.support import ACTIVATION_CODE
 
 HOST_TOKEN = "hT0ken-9f8e7d6c5b4a39281706"
 REG_TOKEN = "regtoken-0123456789"

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.testing import sample_assignment
 from devtools.fakehost import layout
 from tests.faults.conftest import NodeadmWatch
-from tests.support import HostEnv, assignment
+from tests.support import HostEnv
 
 SEEDS = range(12)
 # Install then init with the stand-in's 0.04 s per step take ~0.7 s here; the window runs a
@@ -62,7 +63,7 @@ def _wait(h: HostEnv, pred: Any, timeout: float, what: str) -> Any:
 def _trial(tmp: Path, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     tmp.mkdir()
-    h = HostEnv(tmp, local_assignment=assignment(), nodeadm_env={"NODEADM_FAKE_DELAY": "0.04"})
+    h = HostEnv(tmp, local_assignment=sample_assignment(), nodeadm_env={"NODEADM_FAKE_DELAY": "0.04"})
     try:
         with NodeadmWatch(h.root) as watch:
             h.start()

@@ -23,32 +23,11 @@ import pytest
 
 from agent.core.config import MqttConfig
 from agent.link.mqtt import MqttLink
+from agent.testing import CapturingLog
 from devtools.broker import Mosquitto
 from devtools.commander import Commander
 
 T = TypeVar("T")
-
-
-class LinkLog:
-    """Stands in for a structlog logger: keeps (level, event, fields) in order."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
-
-    def debug(self, event: str, /, **kw: Any) -> None:
-        self.records.append(("debug", event, kw))
-
-    def info(self, event: str, /, **kw: Any) -> None:
-        self.records.append(("info", event, kw))
-
-    def warning(self, event: str, /, **kw: Any) -> None:
-        self.records.append(("warning", event, kw))
-
-    def error(self, event: str, /, **kw: Any) -> None:
-        self.records.append(("error", event, kw))
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [kw for _, event, kw in self.records if event == name]
 
 
 @dataclass
@@ -59,7 +38,7 @@ class Agent:
     uid: str
     prefix: str
     state_dir: Path
-    log: LinkLog
+    log: CapturingLog
     commands: list[bytes] = field(default_factory=list)
     errors: list[tuple[str | None, str | None]] = field(default_factory=list)
     beats: int = 0
@@ -137,7 +116,7 @@ async def make_link(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIt
         prefix = prefix or f"t{uuid.uuid4().hex[:8]}/v1"
         state_dir = state_dir or tmp_path / f"state-{next(serial)}"
         seq = itertools.count(first_seq)
-        log = LinkLog()
+        log = CapturingLog()
         agent: Agent
 
         async def record(payload: bytes) -> None:

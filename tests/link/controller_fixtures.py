@@ -1,6 +1,5 @@
-"""Test doubles for the controller client: a list logger, a recording sleep, a canned server.
+"""Test doubles for the controller client: a recording sleep and a canned server.
 
-`ListLog` keeps every log call so a test can assert that no secret was ever logged.
 `FakeSleep` records each backoff delay and returns at once, so retry policy is asserted
 without waiting; a hook runs on each call (an operator replacing the token file between two
 tries) and `stop_after` ends an endless retry loop by raising `StopRetrying`.
@@ -37,17 +36,6 @@ def registration_body(uid: str = UID) -> dict[str, Any]:
     }
 
 
-def assignment(revision: int) -> dict[str, Any]:
-    return {
-        "revision": revision,
-        "cluster": {"name": "eks-hybrid-demo", "region": "us-west-2", "vpc_cidr": "10.100.0.0/16"},
-        "kubernetes_version": "1.31",
-        "credential_provider": "ssm",
-        "ssm": {"activation_id": "0a1b2c3d-1111-2222-3333-444455556666", "activation_code": "x"},
-        "network": {"remote_node_cidrs": ["10.200.0.0/16"]},
-    }
-
-
 def controller_config(tmp_path: Path, url: str, token: str = "", **kw: Any) -> ControllerConfig:
     """A config whose registration token file holds `token` (written as an operator would)."""
     token_file = tmp_path / "registration-token"
@@ -71,28 +59,6 @@ class FakeSleep:
             self.hook(len(self.delays))
         if self.stop_after is not None and len(self.delays) >= self.stop_after:
             raise StopRetrying
-
-
-@dataclass
-class ListLog:
-    """A structured logger keeping each call as (level, event, fields)."""
-
-    records: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-
-    def debug(self, event: str, *args: Any, **kw: Any) -> None:
-        self.records.append(("debug", event, kw))
-
-    def info(self, event: str, *args: Any, **kw: Any) -> None:
-        self.records.append(("info", event, kw))
-
-    def warning(self, event: str, *args: Any, **kw: Any) -> None:
-        self.records.append(("warning", event, kw))
-
-    def events(self, level: str | None = None) -> list[str]:
-        return [e for lvl, e, _ in self.records if level is None or lvl == level]
-
-    def text(self) -> str:
-        return "\n".join(f"{lvl} {e} {kw!r}" for lvl, e, kw in self.records)
 
 
 @dataclass

@@ -24,15 +24,14 @@ import pytest
 
 from agent.core.config import ControllerConfig
 from agent.link.controller import ControllerClient, ControllerError, _retry_after
+from agent.testing import CapturingLog, sample_assignment
 from devtools.controller import Controller, RecordedRequest, ServerTLS
 from tests.link.controller_fixtures import (
     UID,
     Canned,
     CannedServer,
     FakeSleep,
-    ListLog,
     StopRetrying,
-    assignment,
     controller_config,
     registration_body,
 )
@@ -45,7 +44,7 @@ class Harness:
 
     def __init__(self, tmp_path: Path) -> None:
         self.state_dir = tmp_path / "state"
-        self.log = ListLog()
+        self.log = CapturingLog()
         self.errors: list[tuple[str, str]] = []
         self.recovered = 0
         self.sleep = FakeSleep()
@@ -76,7 +75,7 @@ class Harness:
         for client in self.clients:
             if client.host_token:
                 self.secrets.add(client.host_token)
-        text = self.log.text() + repr(self.errors)
+        text = self.log.dump() + repr(self.errors)
         for secret in self.secrets:
             assert secret not in text
 
@@ -154,7 +153,7 @@ async def test_5xx_backs_off_exponentially_with_jitter_then_recovers(
         assert 0 <= delay <= min(5.0, 2**attempt)  # first ~1 s, doubling, capped
     assert len(set(delays)) == len(delays)  # jittered, not a fixed schedule
     assert h.recovered == 1
-    assert h.log.events("warning").count("controller.register_failed") == 8
+    assert len(h.log.events("controller.register_failed", level="warning")) == 8
 
 
 async def test_backoff_restarts_after_a_success(
@@ -310,20 +309,21 @@ async def test_a_secret_is_hidden_in_a_controller_error_as_everywhere_else(
 async def test_assignment_changed_unchanged_changed_none(
     tmp_path: Path, h: Harness, controller: Controller
 ) -> None:
-    controller.assignment = assignment(1)
+    one, two = sample_assignment(revision=1), sample_assignment(revision=2)
+    controller.assignment = one
     client = h.client(cfg_for(tmp_path, controller))
     reg = await client.register(registration_body())
-    assert reg.assignment == assignment(1)
+    assert reg.assignment == one
     first = await client.fetch_assignment(None)
-    assert (first.status, first.body, first.etag) == ("changed", assignment(1), '"1"')
+    assert (first.status, first.body, first.etag) == ("changed", one, '"1"')
     same = await client.fetch_assignment(first.etag)
     assert (same.status, same.body, same.etag) == ("unchanged", None, '"1"')
     last = seen(controller, 2, "GET")[-1]
     assert last.headers["if-none-match"] == '"1"'
     assert last.headers["authorization"] == f"Bearer {reg.host_token}"
-    controller.set_assignment(UID, assignment(2))
+    controller.set_assignment(UID, two)
     newer = await client.fetch_assignment(same.etag)
-    assert (newer.status, newer.body, newer.etag) == ("changed", assignment(2), '"2"')
+    assert (newer.status, newer.body, newer.etag) == ("changed", two, '"2"')
     controller.set_assignment(UID, None)
     none = await client.fetch_assignment(newer.etag)
     assert (none.status, none.body, none.etag) == ("none", None, None)
@@ -332,7 +332,7 @@ async def test_assignment_changed_unchanged_changed_none(
 async def test_poll_reregisters_on_401_and_uses_the_new_token(
     tmp_path: Path, h: Harness, controller: Controller
 ) -> None:
-    controller.assignment = assignment(3)
+    controller.assignment = sample_assignment(revision=3)
     client = h.client(cfg_for(tmp_path, controller))
     old = (await client.register(registration_body())).host_token
     h.secrets.add(old)
@@ -352,7 +352,7 @@ async def test_poll_reregisters_on_401_and_uses_the_new_token(
     assert sum(p.registration is not None for p in polls) == 1
     auth = [r.headers["authorization"] for r in seen(controller, 4, "GET")]
     assert auth == [f"Bearer {old}"] * 2 + [f"Bearer {new}"] * 2
-    assert "controller.reregistering" in h.log.events("info")
+    assert h.log.events("controller.reregistering", level="info")
     assert h.errors == []
 
 
@@ -531,4 +531,4 @@ async def test_mtls_with_a_client_cert_and_rotation_without_restart(
         assert reg.uid == UID
         assert (await client.fetch_assignment(None)).status == "none"
     assert h.codes() == ["registration_refused"]
-    assert "controller.tls_reloaded" in h.log.events("info")
+    assert h.log.events("controller.tls_reloaded", level="info")

@@ -21,37 +21,10 @@ from agent.core.config import Config, HostConfig, NodeadmConfig, ProgramsConfig
 from agent.core.nodeadm_errors import NodeadmLine
 from agent.host.hostroot import HostRoot
 from agent.host.nodeadm import NodeadmRunner
+from agent.testing import CapturingLog
 from devtools.fakehost.hosttree import install_fake_programs, make_host
 
 FAST = {"NODEADM_FAKE_DELAY": "0.01"}
-
-
-class RecordingLog:
-    """Stands in for a structlog logger: keeps (level, event, fields) in order."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
-
-    def _add(self, level: str, event: str, kw: dict[str, Any]) -> None:
-        self.records.append((level, event, kw))
-
-    def debug(self, event: str, /, **kw: Any) -> None:
-        self._add("debug", event, kw)
-
-    def info(self, event: str, /, **kw: Any) -> None:
-        self._add("info", event, kw)
-
-    def warning(self, event: str, /, **kw: Any) -> None:
-        self._add("warning", event, kw)
-
-    def error(self, event: str, /, **kw: Any) -> None:
-        self._add("error", event, kw)
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [kw for _, event, kw in self.records if event == name]
-
-    def dump(self) -> str:
-        return json.dumps(self.records, default=str)
 
 
 @dataclasses.dataclass
@@ -64,7 +37,7 @@ class FakeHost:
     config_path: Path
     invocations: Path
     lines: list[tuple[str, NodeadmLine]] = dataclasses.field(default_factory=list)
-    log: RecordingLog = dataclasses.field(default_factory=RecordingLog)
+    log: CapturingLog = dataclasses.field(default_factory=CapturingLog)
 
     def knobs(self, **env: str) -> None:
         """Rewrite the fake programs' wrappers with these NODEADM_FAKE_* knobs."""

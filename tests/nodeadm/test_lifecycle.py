@@ -106,10 +106,7 @@ from agent.core.assignment import parse_assignment
 from agent.core.config import Config, HostConfig, NodeadmConfig, ProgramsConfig
 from agent.host.hostroot import HostRoot
 from agent.host.nodeadm import NodeadmRunner
-
-class Quiet:
-    def __getattr__(self, name):
-        return lambda *a, **k: None
+from agent.testing import CapturingLog
 
 args = json.loads(sys.argv[1])
 config = Config(
@@ -118,7 +115,7 @@ config = Config(
     nodeadm=NodeadmConfig(systemd_run="never"),
     programs=ProgramsConfig(**args["programs"]),
 )
-runner = NodeadmRunner(config, HostRoot(config.host.root), on_line=lambda s, l: None, log=Quiet())
+runner = NodeadmRunner(config, HostRoot(config.host.root), on_line=lambda s, l: None, log=CapturingLog())
 asyncio.run(runner.install(parse_assignment(args["assignment"])))
 """
 

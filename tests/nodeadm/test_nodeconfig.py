@@ -48,8 +48,8 @@ def test_iam_roles_anywhere_renders_credentials_file_and_paths() -> None:
         "enableCredentialsFile": True,
         "iamRolesAnywhere": {
             "nodeName": "store-42-node-1",
-            "trustAnchorArn": "arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/ta",
-            "profileArn": "arn:aws:rolesanywhere:eu-west-1:111122223333:profile/prof",
+            "trustAnchorArn": "arn:aws:rolesanywhere:us-west-2:111122223333:trust-anchor/ta",
+            "profileArn": "arn:aws:rolesanywhere:us-west-2:111122223333:profile/prof",
             "roleArn": "arn:aws:iam::111122223333:role/AmazonEKSHybridNodesRole",
             "certificatePath": "/etc/iam/pki/server.pem",
             "privateKeyPath": "/etc/iam/pki/server.key",

@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
+from agent.testing import sample_assignment
 from devtools.fakehost import layout
-from tests.support import ROOT, assignment
+from tests.support import ROOT
 from tests.system.nspawn import Machine
 
 HOST_ROOT = "/srv/host"
@@ -94,7 +95,7 @@ class AgentHost:
         self.programs = {k: v for k, v in json.loads(out).items() if k not in _REAL}
         self.write("/etc/systemd/system/edge-agent.service.d/test.conf", DROP_IN)
         self.write("/etc/systemd/system/kubelet.service", KUBELET)
-        self.write("/etc/edge-agent/assignment.yaml", yaml.safe_dump(assignment()), 0o600)
+        self.write("/etc/edge-agent/assignment.yaml", yaml.safe_dump(sample_assignment()), 0o600)
         self.config = {
             "host": {"uid": UID, "root": HOST_ROOT, "labels": {"site": "system-test"}},
             "log": {"level": "info", "format": "json"},
