@@ -1,4 +1,5 @@
-"""The controller's side of the MQTT contract (§3, §4), for tests, the demo and benchmarks.
+"""The controller's side of the MQTT contract (docs/api/asyncapi.yaml), for tests, the demo and
+benchmarks.
 
 `Commander` is a paho-mqtt client in its own network thread that subscribes to every topic
 of one host, or of all hosts under the prefix, records each message as it arrives (time,

@@ -1,8 +1,9 @@
 """``credentials``: the assignment's SSM activation or IAM Roles Anywhere material is usable.
 
-These are the rules nodeadm's own static validation applies (nodeadm.md §3), checked before
-install so an operator sees them in preflight rather than in a failed init. The SSM
-activation code is a secret: it is measured, never shown, in messages and details.
+These are the rules nodeadm's own static validation applies (aws/eks-hybrid v1.0.20:
+internal/node/hybrid/validator.go), checked before install so an operator sees them in preflight
+rather than in a failed init. The SSM activation code is a secret: it is measured, never shown, in
+messages and details.
 
 The IAM Roles Anywhere certificate is inspected with ``cryptography``, an optional extra
 (``edge-agent[iamra]``) imported here lazily: it costs about 7 MB of memory, which SSM
@@ -71,7 +72,8 @@ def ssm_problems(ssm: Ssm) -> list[str]:
     return problems
 
 
-# EKS Hybrid Nodes support only SSM on these releases (nodeadm.md §5).
+# EKS Hybrid Nodes support only SSM on these releases (AWS's list of supported operating
+# systems for hybrid nodes).
 _IAM_RA_UNSUPPORTED = MappingProxyType(
     {("ubuntu", "20.04"): "Ubuntu 20.04", ("rhel", "8"): "RHEL 8"}
 )

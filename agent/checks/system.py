@@ -1,9 +1,9 @@
 """``system.swap``, ``system.disk``, ``system.systemd`` and ``system.clock``.
 
-Host prerequisites of nodeadm (nodeadm.md §5): no partition swap (init turns file swap off
-but fails on a partition), room under ``/var/lib`` for containerd and kubelet, systemd as
-PID 1, and a synchronised clock (IAM Roles Anywhere certificates, SigV4 signatures and our
-own command time windows all depend on it).
+Host prerequisites of nodeadm (aws/eks-hybrid v1.0.20: internal/system/swap_validator.go): no
+partition swap (init turns file swap off but fails on a partition), room under ``/var/lib`` for
+containerd and kubelet, systemd as PID 1, and a synchronised clock (IAM Roles Anywhere certificates,
+SigV4 signatures and our own command time windows all depend on it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ledger of verified command ids: the same id never runs twice, across restarts (§4).
+"""The ledger of verified command ids: the same id never runs twice, across restarts.
 
 Every command whose signature verified is recorded before it runs, with its name, expiry,
 state and, once it ends, the final reply it got, so a repeat is answered from the record

@@ -1,4 +1,4 @@
-"""Command envelopes: strict JSON, canonical bytes, and the contract's ordered checks (§4).
+"""Command envelopes: strict JSON, canonical bytes, and the ordered checks of docs/controller.md.
 
 Everything a command goes through before the registry looks at its name lives here, and
 none of it touches the world: the payload, this host's UID, the current time and the

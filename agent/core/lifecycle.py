@@ -57,6 +57,12 @@ def _fail(s: State, phase: Phase, code: str, message: str, now: float, p: Policy
     )
 
 
+def _canceled(s: State, msg: str, now: float) -> State:
+    """A canceled step stops in `failed` with no retry planned: the operator asked for it."""
+    err = _error("canceled", msg, now)
+    return _go(replace(s, last_error=err, retry_at=None), Phase.FAILED, now, msg)
+
+
 def _start_op(
     s: State, op: Op, now: float, reason: str, args: OpArgs = None
 ) -> tuple[State, list[Action]]:
@@ -278,12 +284,7 @@ def _checks_done(s: State, ev: ChecksDone, now: float, p: Policy) -> tuple[State
         return s, []
     if ev.canceled:
         msg = "preflight canceled"
-        return _go(
-            replace(s, last_error=_error("canceled", msg, now), retry_at=None),
-            Phase.FAILED,
-            now,
-            msg,
-        ), []
+        return _canceled(s, msg, now), []
     if ev.blocking:
         msg = "preflight checks failed: " + ", ".join(ev.blocking)
         return _fail(s, Phase.PREFLIGHT_FAILED, "preflight_failed", msg, now, p), []
@@ -336,12 +337,7 @@ def _step_done(s: State, ev: StepDone, now: float, p: Policy) -> tuple[State, li
     if not ev.ok:
         if ev.canceled:
             msg = ev.message or f"nodeadm {ev.step} canceled"
-            s2 = _go(
-                replace(s, last_error=_error("canceled", msg, now), retry_at=None),
-                Phase.FAILED,
-                now,
-                msg,
-            )
+            s2 = _canceled(s, msg, now)
             return s2, []
         return _fail(s, Phase.FAILED, ev.code or "nodeadm_failed", ev.message, now, p), []
     a = s.assignment

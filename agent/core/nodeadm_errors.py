@@ -3,12 +3,12 @@
 nodeadm logs with zap: one JSON object per line on stderr (``level``, ``ts``, ``caller``,
 ``msg`` and free fields such as ``error`` and ``remediation``), ending a failed run with a
 ``fatal`` "Command failed" line carrying the error. `parse_line` turns each line into a
-`NodeadmLine` (anything that is not such an object is kept as a raw info line), and
-`classify` maps a finished step to one of the contract's ``last_error`` codes (§6) with one
-readable sentence. Pure: no I/O, no clock; the runner supplies what it observed on the host
-(tracker present, kubelet active). Secrets are scrubbed here, once, for every message that
-leaves, by `agent.core.redact`'s rules: nodeadm does not print the activation code, but an AWS
-error echoing a request might.
+`NodeadmLine` (anything that is not such an object is kept as a raw info line), and `classify` maps
+a finished step to one of the ``last_error`` codes (docs/api/schemas/status.schema.json) with one
+readable sentence. Pure: no I/O, no clock; the runner supplies what it observed on the host (tracker
+present, kubelet active). Secrets are scrubbed here, once, for every message that leaves, by
+`agent.core.redact`'s rules: nodeadm does not print the activation code, but an AWS error echoing a
+request might.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The host's package index: how fresh it is, and refreshing it (``apt-get update``/``dnf``).
 
 nodeadm install pulls containerd, iptables and the SSM agent from the OS repositories and
-no longer refreshes their metadata itself (nodeadm.md §8.2): with a stale index it loops
+no longer refreshes their metadata itself: with a stale index it loops
 until its timeout. So the agent judges freshness from the latest of three sources — its
 own record of its last successful refresh (kept in ``state_dir``), apt's
 ``update-success-stamp``, and the newest file under the apt lists or the dnf cache — and

@@ -19,7 +19,6 @@ import json
 import socket
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 from agent.core.timefmt import iso
 from agent.link.messages import encode

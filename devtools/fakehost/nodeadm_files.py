@@ -1,10 +1,10 @@
 """The files `nodeadm init` writes and `nodeadm uninstall` removes, under the fake root.
 
-Paths and leftovers follow nodeadm.md §2: init writes sysctl, modules, containerd, kubelet,
-kubeconfig, CA, environment and credential-provider files plus the SSM registration or the
-IAM Roles Anywhere profile; uninstall removes what it installed and leaves `/var/lib/kubelet`
-data, `/etc/aws/hybrid/config`, the sysctl and modules files and user-installed containerd.
-No logging and no timing here: the flows decide when, this module knows what and where.
+Paths and leftovers follow aws/eks-hybrid v1.0.20 (devtools/fakehost/README.md): init writes sysctl,
+modules, containerd, kubelet, kubeconfig, CA, environment and credential-provider files plus the SSM
+registration or the IAM Roles Anywhere profile; uninstall removes what it installed and leaves
+`/var/lib/kubelet` data, `/etc/aws/hybrid/config`, the sysctl and modules files and user-installed
+containerd. No logging and no timing here: the flows decide when, this module knows what and where.
 """
 
 from __future__ import annotations

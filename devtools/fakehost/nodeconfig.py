@@ -1,9 +1,10 @@
 """NodeConfig as the fake nodeadm reads it: the `-c` URI, strict decoding, static validation.
 
-nodeadm decodes the NodeConfig strictly (an unknown field is an error, a wrong type is an
-error) and then runs its hybrid validator (nodeadm.md §3). This module does the same, with
-nodeadm's error texts where they are known, so an agent that renders a bad NodeConfig fails
-here as it would on a real host. IAM Roles Anywhere files are read under the fake root.
+nodeadm decodes the NodeConfig strictly (an unknown field is an error, a wrong type is an error) and
+then runs its hybrid validator (aws/eks-hybrid v1.0.20: internal/node/hybrid/validator.go). This
+module does the same, with nodeadm's error texts where they are known, so an agent that renders a
+bad NodeConfig fails here as it would on a real host. IAM Roles Anywhere files are read under the
+fake root.
 """
 
 from __future__ import annotations
@@ -214,7 +215,8 @@ def _type_error(value: Any, expected: str, path: str) -> None:
 
 
 def validate(config: NodeConfig, root: Path, *, now: datetime | None = None) -> None:
-    """nodeadm's static hybrid validation (nodeadm.md §3); raise ConfigError on the first fault."""
+    """nodeadm's static hybrid validation (aws/eks-hybrid v1.0.20:
+    internal/node/hybrid/validator.go); raise ConfigError on the first fault."""
     cluster = config.cluster
     if not cluster.get("name"):
         raise ConfigError("Name is missing in cluster configuration")
