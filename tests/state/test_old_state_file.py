@@ -11,13 +11,14 @@ from pathlib import Path
 from agent.app import Agent
 from agent.configfile import load_config
 from agent.core import lifecycle as lc
-from tests.support import HostEnv, assignment
+from agent.testing import sample_assignment
+from tests.support import HostEnv
 
 
 def _old_state_file(state_dir: Path) -> None:
     """Literally what the previous release wrote mid-upgrade: ``op_args`` as one flat object,
     with a key this release does not know."""
-    a = assignment()
+    a = sample_assignment()
     doc = {
         "schema_version": 1,
         "checks": [],
@@ -49,7 +50,7 @@ async def test_an_upgrade_in_an_old_state_file_resumes_with_its_version_and_flag
     h = HostEnv(
         tmp_path,
         host={"installed": True, "kubernetes_version": "1.31.7"},
-        local_assignment=assignment(),
+        local_assignment=sample_assignment(),
     )
     _old_state_file(h.state)
     agent = Agent(load_config(h.config_path, {}), stdout=io.StringIO(), env={})
