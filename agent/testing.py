@@ -34,35 +34,42 @@ __all__ = [
 ACTIVATION_CODE = "EXAMPLEactivationCode0123456789"
 ACTIVATION_ID = "0a1b2c3d-1111-2222-3333-444455556666"
 
-_SAMPLE: dict[str, Any] = {
-    "revision": 1,
-    "cluster": {
-        "name": "eks-hybrid-demo",
-        "region": "us-west-2",
-        "vpc_cidr": "10.100.0.0/16",
-        "service_cidr": "172.20.0.0/16",
+
+def _sample() -> dict[str, Any]:
+    """The example assignment, built anew each call: no module-level document to mutate."""
+    return {
+        "revision": 1,
+        "cluster": {
+            "name": "eks-hybrid-demo",
+            "region": "us-west-2",
+            "vpc_cidr": "10.100.0.0/16",
+            "service_cidr": "172.20.0.0/16",
+            "kubernetes_version": "1.31",
+        },
         "kubernetes_version": "1.31",
-    },
-    "kubernetes_version": "1.31",
-    "credential_provider": "ssm",
-    "ssm": {"activation_id": ACTIVATION_ID, "activation_code": ACTIVATION_CODE},
-    "network": {
-        "remote_node_cidrs": ["10.200.0.0/16"],
-        "remote_pod_cidrs": ["192.168.0.0/16"],
-        "vpn_server_ip": "172.16.0.1",
-        "node_ip": "10.200.1.5",
-    },
-    "kubelet": {"node_labels": {"site": "store-12"}},
-    "containerd_source": "distro",
-}
-_IAM_ROLES_ANYWHERE: dict[str, Any] = {
-    "node_name": "store-42-node-1",
-    "trust_anchor_arn": "arn:aws:rolesanywhere:us-west-2:111122223333:trust-anchor/ta",
-    "profile_arn": "arn:aws:rolesanywhere:us-west-2:111122223333:profile/prof",
-    "role_arn": "arn:aws:iam::111122223333:role/AmazonEKSHybridNodesRole",
-    "certificate_path": "/etc/iam/pki/server.pem",
-    "private_key_path": "/etc/iam/pki/server.key",
-}
+        "credential_provider": "ssm",
+        "ssm": {"activation_id": ACTIVATION_ID, "activation_code": ACTIVATION_CODE},
+        "network": {
+            "remote_node_cidrs": ["10.200.0.0/16"],
+            "remote_pod_cidrs": ["192.168.0.0/16"],
+            "vpn_server_ip": "172.16.0.1",
+            "node_ip": "10.200.1.5",
+        },
+        "kubelet": {"node_labels": {"site": "store-12"}},
+        "containerd_source": "distro",
+    }
+
+
+def _iam_roles_anywhere() -> dict[str, Any]:
+    """An example IAM Roles Anywhere section, built anew each call."""
+    return {
+        "node_name": "store-42-node-1",
+        "trust_anchor_arn": "arn:aws:rolesanywhere:us-west-2:111122223333:trust-anchor/ta",
+        "profile_arn": "arn:aws:rolesanywhere:us-west-2:111122223333:profile/prof",
+        "role_arn": "arn:aws:iam::111122223333:role/AmazonEKSHybridNodesRole",
+        "certificate_path": "/etc/iam/pki/server.pem",
+        "private_key_path": "/etc/iam/pki/server.key",
+    }
 
 
 def sample_assignment(**overrides: Any) -> dict[str, Any]:
@@ -72,11 +79,11 @@ def sample_assignment(**overrides: Any) -> dict[str, Any]:
     ``credential_provider="iam-ra"`` also replaces the ``ssm`` section with an example
     ``iam_roles_anywhere`` one, unless either is given.
     """
-    doc = copy.deepcopy(_SAMPLE)
+    doc = _sample()
     credentials = {"ssm", "iam_roles_anywhere"} & overrides.keys()
     if overrides.get("credential_provider") == "iam-ra" and not credentials:
         del doc["ssm"]
-        doc["iam_roles_anywhere"] = dict(_IAM_ROLES_ANYWHERE)
+        doc["iam_roles_anywhere"] = _iam_roles_anywhere()
     for name, value in overrides.items():
         *parents, leaf = name.split("__")
         node = doc

@@ -306,11 +306,22 @@ class Commander:
             deadline = time.monotonic() + timeout
             while True:
                 value = predicate()
-                remaining = deadline - time.monotonic()
+                before = time.monotonic()
+                remaining = deadline - before
                 if value or remaining <= 0:
                     return value
                 # A bounded wait also catches predicates that depend on the clock.
                 self._cond.wait(min(remaining, 0.25))
+                # In a burst (10,000 events), re-reading every record on each arrival while
+                # holding the lock starves paho's thread, which needs it to record the next
+                # one: re-check at most every 10 ms, with the lock released meanwhile.
+                waited = time.monotonic() - before
+                if waited < 0.01:
+                    self._cond.release()
+                    try:
+                        time.sleep(0.01 - waited)
+                    finally:
+                        self._cond.acquire()
 
     def wait_phase(
         self, phase: str, timeout: float = 15.0, *, uid: str | None = None, since: float = 0.0

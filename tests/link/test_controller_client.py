@@ -299,8 +299,9 @@ async def test_a_secret_is_hidden_in_a_controller_error_as_everywhere_else(
             )
     shown = "HTTP 403 from POST /v1/hosts/register: reg <redacted> is not known"
     assert h.errors == [("registration_refused", shown)]
-    [(_, event, fields)] = [r for r in h.log.records if r[0] == "warning"]
-    assert (event, fields["error"]) == ("controller.register_failed", shown)
+    assert [c.method_name for c in h.log.calls] == ["warning"]
+    [fields] = h.log.events("controller.register_failed", level="warning")
+    assert fields["error"] == shown
 
 
 # -- assignment ----------------------------------------------------------------------------
