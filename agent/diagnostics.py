@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.config import Config
+from agent.core.redact import scrub
 from agent.host.proc import ProcessError, run
-from agent.logs import scrub
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-# `scrub` is re-exported: diagnostics scrubs its bundle with the logger's rule.
 from agent.core.redact import REDACTED, is_secret_key, scrub, usable_secrets
 
 __all__ = [
@@ -31,7 +30,6 @@ __all__ = [
     "Log",
     "make_logger",
     "make_redactor",
-    "scrub",
     "stdout_is_journal",
 ]
 
