@@ -323,15 +323,19 @@ def measure_floor(runs: int = 3, settle_s: float = 1.0) -> dict[str, Any]:
 
 def install_fast_fakes(bin_dir: Path, root: Path, programs: dict[str, str],
                        nodeadm_version: str | None = None) -> dict[str, str]:
-    """/bin/sh stand-ins for the three programs the agent runs all the time, replacing the
-    Python fakes of devtools/fakehost (each costs ~40-90 ms of CPU to start, where the real
-    systemctl/timedatectl cost a few ms). Same answers from the same host-tree files:
-    `systemctl is-active` reads <root>/run/fakehost/units/<unit>; `timedatectl` says synced
-    unless <root>/run/fakehost/ntp-unsynced exists; `nodeadm version` prints the fake's
-    version and every other nodeadm verb execs the Python stand-in unchanged. No call log is
-    written for these three.
+    """/bin/sh stand-ins for the programs the agent runs on every start or health sample,
+    replacing the Python fakes of devtools/fakehost (each costs ~40-90 ms of CPU to start,
+    where the real systemctl/timedatectl/firewall-cmd cost a few ms). Same answers from the
+    same host-tree files: `systemctl is-active` reads <root>/run/fakehost/units/<unit>;
+    `timedatectl` says synced unless <root>/run/fakehost/ntp-unsynced exists; `nodeadm
+    version` prints the fake's version and every other nodeadm verb execs the Python
+    stand-in unchanged; `firewall-cmd` and `ufw` say "not running" / "inactive" when the host
+    has no firewall state (<root>/run/fakehost/firewall.json, as the Python fakes read it) and
+    exec the Python fakes when it has. No call log is written for the fast answers.
     """
     from devtools.fakehost import layout
+    from devtools.fakehost.firewall import FIREWALL_FILE
+    from devtools.fakehost.layout import under
 
     units = layout.under(root, layout.UNITS_DIR)
     unsynced = layout.under(root, layout.NTP_UNSYNCED_FLAG)
@@ -356,10 +360,22 @@ def install_fast_fakes(bin_dir: Path, root: Path, programs: dict[str, str],
         "#!/bin/sh\n"
         f'if [ "$1" = version ]; then printf %s {shlex_quote(version)}; exit 0; fi\n'
         f'exec {shlex_quote(programs["nodeadm"])} "$@"\n')
-    for path in (systemctl, timedatectl, nodeadm):
+    fw_state = under(root, FIREWALL_FILE)
+    firewall_cmd = bin_dir / "firewall-cmd-fast"
+    firewall_cmd.write_text(
+        "#!/bin/sh\n"
+        f'[ -e "{fw_state}" ] && exec {shlex_quote(programs["firewall_cmd"])} "$@"\n'
+        'for a in "$@"; do [ "$a" = --state ] && { echo "not running"; exit 252; }; done\n'
+        'echo "FirewallD is not running"; exit 252\n')
+    ufw = bin_dir / "ufw-fast"
+    ufw.write_text(
+        "#!/bin/sh\n"
+        f'[ -e "{fw_state}" ] && exec {shlex_quote(programs["ufw"])} "$@"\n'
+        '[ "${1:-status}" = status ] && echo "Status: inactive"\nexit 0\n')
+    for path in (systemctl, timedatectl, nodeadm, firewall_cmd, ufw):
         path.chmod(0o755)
     return {**programs, "systemctl": str(systemctl), "timedatectl": str(timedatectl),
-            "nodeadm": str(nodeadm)}
+            "nodeadm": str(nodeadm), "firewall_cmd": str(firewall_cmd), "ufw": str(ufw)}
 
 
 def shlex_quote(s: str) -> str:

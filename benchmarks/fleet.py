@@ -31,10 +31,11 @@ joining (their start then waits for the loop like everything else):
   run() returns 0, every `offline` seen). If links are down at the end, where every task
   waits is counted (for diagnosis).
 
-Host programs: systemctl, timedatectl and `nodeadm version` are /bin/sh stand-ins reading the
-same host-tree files as the Python fakes (common.install_fast_fakes), because a Python
-start per health sample (40-90 ms of CPU each) would measure the fakes; nodeadm install/init
-remain the Python stand-in. `--python-fakes` uses the Python fakes throughout.
+Host programs: systemctl, timedatectl, firewall-cmd, ufw and `nodeadm version` are /bin/sh
+stand-ins reading the same host-tree files as the Python fakes (common.install_fast_fakes),
+because a Python start per check or health sample (40-90 ms of CPU each) would measure the
+fakes; nodeadm install/init remain the Python stand-in. `--python-fakes` uses the Python fakes
+throughout.
 
 Targets: 1,000 agents all online <= 30 s; fan-out answered <= 5 s.
 
