@@ -16,13 +16,10 @@ import pytest
 from agent import __version__
 from tests.packaging.conftest import Build
 from tests.system.agent_host import AgentHost
-from tests.system.nspawn import BASE_PACKAGES, Machine, Tree, cannot_boot_reason, rootfs
+from tests.system.nspawn import TREES, Machine, Tree, cannot_boot_reason, rootfs
 
-# Debian 13 without python3-venv (and its ensurepip): build-venv brings pip as a wheel.
-SUITES = {
-    "bookworm": ("3.11", BASE_PACKAGES),
-    "trixie": ("3.13", tuple(p for p in BASE_PACKAGES if p != "python3-venv")),
-}
+# Each suite's system Python; its tree's packages are nspawn.TREES[suite].
+SUITES = {"bookworm": ("3.11", TREES["bookworm"]), "trixie": ("3.13", TREES["trixie"])}
 FOOTPRINT = (
     "/usr/lib/edge-agent",
     "/usr/bin/edge-agent",

@@ -78,6 +78,12 @@ BASE_PACKAGES = (
     "procps",
 )
 # Raise when `_prepare` (or anything else that shapes the cached tree) changes: a new key.
+# Every tree the suites boot: Debian 12, and Debian 13 without python3-venv (and its ensurepip:
+# build-venv brings pip as a wheel). `python -m tests.system.nspawn prebuild` builds them all.
+TREES: dict[str, tuple[str, ...]] = {
+    "bookworm": BASE_PACKAGES,
+    "trixie": tuple(p for p in BASE_PACKAGES if p != "python3-venv"),
+}
 RECIPE = 2
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NEEDED = ("systemd-nspawn", "nsenter", "debootstrap", "mount", "umount")
@@ -429,3 +435,29 @@ def _init_below(pid: int) -> int | None:
 def _manager_listening(pid1: int) -> bool:
     # PID 1's private socket: before it exists, systemctl inside fails rather than waits.
     return Path(f"/proc/{pid1}/root/run/systemd/private").exists()
+
+
+def prebuild() -> int:
+    """Build every tree in `TREES` that is not cached yet, one after the other.
+
+    `scripts/test` starts this in the background before lint and the other Pythons, so the
+    downloads (network- and disk-bound) overlap their CPU-bound work instead of holding up
+    the system suite; the file lock makes a suite that gets there first wait for the build.
+    """
+    reason = cannot_boot_reason()
+    if reason:
+        print(f"prebuild: nothing built: {reason}")
+        return 0
+    for suite, packages in TREES.items():
+        started = time.monotonic()
+        path = rootfs(suite, packages)
+        print(f"prebuild: {suite} ready in {time.monotonic() - started:.0f} s: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["prebuild"]:
+        sys.exit("usage: python -m tests.system.nspawn prebuild")
+    sys.exit(prebuild())
