@@ -335,7 +335,6 @@ def install_fast_fakes(bin_dir: Path, root: Path, programs: dict[str, str],
     """
     from devtools.fakehost import layout
     from devtools.fakehost.firewall import FIREWALL_FILE
-    from devtools.fakehost.layout import under
 
     units = layout.under(root, layout.UNITS_DIR)
     unsynced = layout.under(root, layout.NTP_UNSYNCED_FLAG)
@@ -360,7 +359,7 @@ def install_fast_fakes(bin_dir: Path, root: Path, programs: dict[str, str],
         "#!/bin/sh\n"
         f'if [ "$1" = version ]; then printf %s {shlex_quote(version)}; exit 0; fi\n'
         f'exec {shlex_quote(programs["nodeadm"])} "$@"\n')
-    fw_state = under(root, FIREWALL_FILE)
+    fw_state = layout.under(root, FIREWALL_FILE)
     firewall_cmd = bin_dir / "firewall-cmd-fast"
     firewall_cmd.write_text(
         "#!/bin/sh\n"

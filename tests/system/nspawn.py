@@ -77,13 +77,13 @@ BASE_PACKAGES = (
     "iproute2",
     "procps",
 )
-# Raise when `_prepare` (or anything else that shapes the cached tree) changes: a new key.
 # Every tree the suites boot: Debian 12, and Debian 13 without python3-venv (and its ensurepip:
 # build-venv brings pip as a wheel). `python -m tests.system.nspawn prebuild` builds them all.
 TREES: dict[str, tuple[str, ...]] = {
     "bookworm": BASE_PACKAGES,
     "trixie": tuple(p for p in BASE_PACKAGES if p != "python3-venv"),
 }
+# Raise when `_prepare` (or anything else that shapes the cached tree) changes: a new key.
 RECIPE = 2
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NEEDED = ("systemd-nspawn", "nsenter", "debootstrap", "mount", "umount")
