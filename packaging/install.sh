@@ -211,7 +211,8 @@ install_wheelhouse() {
             >/dev/null 2>&1 || true
         [ -z "$R" ] || relocate_venv "$venv"
         # Byte-compile now: under ProtectSystem=strict the agent cannot write .pyc files itself.
-        "$venv/bin/python" -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+        # -f: a .pyc already there (an earlier import under --root) would name the staged path.
+        "$venv/bin/python" -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
             ${R:+-s "$R" -p /} "$venv/lib" >/dev/null
         install -m 0644 "$WHEELHOUSE/requirements.txt" "$venv/requirements.txt"
         changed "built virtualenv $FINAL from $WHEELHOUSE"
@@ -293,9 +294,10 @@ render_config() {
 VALIDATOR=$R$FINAL/bin/python
 validate() {  # file: 0 valid, 1 invalid (the message names the key), 2 no agent to ask
     [ -x "$VALIDATOR" ] || return 2
-    # -I: never import from the current directory. File paths in the config are read
-    # relative to --root, as the agent would see them once that tree is /.
-    "$VALIDATOR" -I - "$1" "$ROOT" <<'PY'
+    # -I: never import from the current directory; -B: write no .pyc into the tree (under
+    # --root they would name the staged path). File paths in the config are read relative to
+    # --root, as the agent would see them once that tree is /.
+    "$VALIDATOR" -I -B - "$1" "$ROOT" <<'PY'
 import os, sys
 from pathlib import Path
 from agent.configfile import load_config

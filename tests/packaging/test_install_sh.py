@@ -325,6 +325,10 @@ def test_wheelhouse_builds_a_relocated_venv_and_enables_the_unit(
         ["grep", "-rlF", str(root), str(venv)], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout == ""
+    # ...and byte-compiled for it, the modules install.sh's config check imports too: under
+    # ProtectSystem=strict the agent cannot write its .pyc files itself.
+    (pyc,) = venv.glob("lib/python3.*/site-packages/agent/__pycache__/configfile.*.pyc")
+    assert b"/usr/lib/edge-agent/lib/python3." in pyc.read_bytes()
     assert (venv / "bin/edge-agent").read_text().startswith("#!/usr/lib/edge-agent/bin/python\n")
     assert os.readlink(root / "usr/bin/edge-agent") == "../lib/edge-agent/bin/edge-agent"
     unit = root / "usr/lib/systemd/system/edge-agent.service"
