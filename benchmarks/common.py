@@ -39,13 +39,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Installed agents run from byte-compiled modules (packaging/ compiles them at build time).
-# This environment sets PYTHONDONTWRITEBYTECODE, which would make every agent we start compile
-# its sources again; our children get a private bytecode cache instead, outside the repository.
 PYCACHE = Path(tempfile.gettempdir()) / "edge-bench-pycache"
-NO_BYTECODE_ENV = {"PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE", "")}
-os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+
+
+def use_private_bytecode_cache() -> None:
+    """Give the agents this benchmark starts byte-compiled modules, as installed agents have.
+
+    packaging/ compiles them at build time; an environment with PYTHONDONTWRITEBYTECODE would
+    make every agent we start compile its sources again. Our children get a private bytecode
+    cache instead, outside the repository. Each benchmark's main() calls this, never an import:
+    the tests import this module, and PYTHONPYCACHEPREFIX in their environment sends every
+    `compileall` they run (install.sh's) to this cache instead of the tree it builds.
+    """
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
 
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"

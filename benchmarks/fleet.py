@@ -69,6 +69,7 @@ FINAL = {"succeeded", "failed", "canceled", "timed_out", "rejected"}
 
 
 def main() -> int:
+    common.use_private_bytecode_cache()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100,300,1000")
     ap.add_argument("--join", choices=("auto", "fresh", "preinstalled", "resume"), default="auto")

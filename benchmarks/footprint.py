@@ -43,6 +43,7 @@ CPU_TARGET = 0.2  # percent of one core, health every 30 s
 
 
 def main() -> int:
+    common.use_private_bytecode_cache()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=60.0, help="sampling window, s")
     ap.add_argument("--settle", type=float, default=10.0, help="wait after joined, s")

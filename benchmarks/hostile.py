@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from common import save_result, vm_hwm
+from common import save_result, use_private_bytecode_cache, vm_hwm
 
 from agent.commands.ledger import CommandLedger
 from agent.core.envelope import CommandEnvelope
@@ -147,6 +147,7 @@ def ledger_memory(n: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    use_private_bytecode_cache()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flood", type=int, default=1000)
     ap.add_argument("--commands", type=int, default=10_000)

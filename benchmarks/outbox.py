@@ -39,6 +39,7 @@ TARGET_S = 10.0
 
 
 def main() -> int:
+    common.use_private_bytecode_cache()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--timeout", type=float, default=120.0, help="for the drain, s")

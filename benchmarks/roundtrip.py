@@ -53,6 +53,7 @@ ECHO_REQ, ECHO_REP = "bench/echo/req", "bench/echo/rep"
 
 
 def main() -> int:
+    common.use_private_bytecode_cache()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1000, help="round trips per mode and target")
     ap.add_argument("--burst", type=int, default=50)

@@ -42,6 +42,7 @@ BEFORE_READY = ("agent.cli", "agent.app", "agent.link.mqtt", "agent.link.control
 
 
 def main() -> int:
+    common.use_private_bytecode_cache()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=15, help="timed restarts")
     ap.add_argument("--nocache-runs", type=int, default=5,

@@ -67,3 +67,19 @@ def test_on_a_host_without_firewall_state_the_fast_fakes_say_stopped(tmp_path: P
     assert answer(fast["firewall_cmd"], ["--state"]) == (252, "not running")
     assert answer(fast["firewall_cmd"], ["--reload"]) == (252, "FirewallD is not running")
     assert answer(fast["ufw"], ["status"]) == (0, "Status: inactive")
+
+
+def test_importing_the_benchmarks_common_module_leaves_the_environment_alone() -> None:
+    # The tests import it; a PYTHONPYCACHEPREFIX it set on import once sent the compileall of
+    # every later install.sh run in the suite to the benchmarks' cache, leaving venvs unbuilt.
+    probe = (
+        "import os, sys; sys.path.insert(0, 'benchmarks'); before = dict(os.environ); "
+        "import common; print(sorted(set(before.items()) ^ set(os.environ.items())))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+    cwd = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "[]", done.stdout
