@@ -77,6 +77,6 @@ mv "$NEW" "$TARGET"
 trap - EXIT
 rm -rf "$OLD"
 # Byte-compile now: under ProtectSystem=strict the agent can never write its own .pyc files.
-"$TARGET/bin/python" -m compileall -q --invalidation-mode unchecked-hash "$TARGET/lib" >/dev/null \
+"$TARGET/bin/python" -I -m compileall -q --invalidation-mode unchecked-hash "$TARGET/lib" >/dev/null \
     || die "byte-compiling $TARGET failed"
 echo "edge-agent: virtualenv $TARGET built for $("$TARGET/bin/python" -c 'import sys; print("Python %d.%d" % sys.version_info[:2])')"

@@ -211,8 +211,9 @@ install_wheelhouse() {
             >/dev/null 2>&1 || true
         [ -z "$R" ] || relocate_venv "$venv"
         # Byte-compile now: under ProtectSystem=strict the agent cannot write .pyc files itself.
-        # -f: a .pyc already there (an earlier import under --root) would name the staged path.
-        "$venv/bin/python" -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
+        # -f: a .pyc already there (an earlier import under --root) would name the staged path;
+        # -I: a PYTHONPYCACHEPREFIX in our environment would send the .pyc files elsewhere.
+        "$venv/bin/python" -I -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
             ${R:+-s "$R" -p /} "$venv/lib" >/dev/null
         install -m 0644 "$WHEELHOUSE/requirements.txt" "$venv/requirements.txt"
         changed "built virtualenv $FINAL from $WHEELHOUSE"
