@@ -1,21 +1,25 @@
-"""Shared by the packaging tests: one real build of the .deb and its wheelhouse per session
-and architecture, and the CPythons 3.10 to 3.13 this machine has.
+"""Shared by the packaging tests: one real build of the .deb and its wheelhouse per content of
+the tree and architecture, and the CPythons 3.10 to 3.13 this machine has.
 
 `packaging/build-deb.sh` runs once per architecture (wheels from the configured index for every
 supported Python, checked, then dpkg-deb); the .deb tests read and unpack what it made, the
 install.sh tests build a virtualenv from the same wheelhouse, and the .rpm is built from it.
+The build is cached with the system suite's (tests/system/package.py): an unchanged package is
+not built again, and a whole run builds it in the background before pytest starts.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.system.nspawn import CACHE
+from tests.system.package import deb
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = REPO / "packaging"
@@ -39,38 +43,31 @@ PYTHONS = {minor: find_python(minor) for minor in ("3.10", "3.11", "3.12", "3.13
 class Build:
     deb: Path
     wheelhouse: Path
-    seconds: float
-    output: str
 
 
-def build_deb(out: Path, *args: str) -> Build:
+def cached_build(arch: str | None = None) -> Build:
+    """build-deb.sh's output for this tree, built once per content and shared with the system
+    suite (tests/system/package.py). Read it; copy before altering anything in it."""
     for tool in ("dpkg-deb", "dpkg"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed: the .deb cannot be built here")
     if not Path("/usr/bin/python3").exists():
         pytest.skip("no system /usr/bin/python3 to run the build with")
-    started = time.monotonic()
-    r = subprocess.run(
-        [str(PACKAGING / "build-deb.sh"), "--out", str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
+    # Without root the shared cache under /var/cache is not ours: a private one then.
+    cache = CACHE if os.access(CACHE if CACHE.exists() else CACHE.parent, os.W_OK) else (
+        Path(tempfile.gettempdir()) / f"edge-agent-tests-{os.getuid()}"
     )
-    seconds = time.monotonic() - started
-    assert r.returncode == 0, f"build-deb.sh failed:\n{r.stdout}\n{r.stderr}"
-    debs = sorted(out.glob("edge-agent_*.deb"))
-    assert len(debs) == 1, f"expected one .deb in {out}: {debs}"
-    return Build(debs[0], out / "wheelhouse", seconds, r.stdout)
+    package = deb(REPO, cache, arch)
+    return Build(package, package.parent / "wheelhouse")
 
 
 @pytest.fixture(scope="session")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
+def build() -> Build:
     """The package for this machine's architecture."""
-    return build_deb(tmp_path_factory.mktemp("deb"))
+    return cached_build()
 
 
 @pytest.fixture(scope="session")
-def build_arm64(tmp_path_factory: pytest.TempPathFactory) -> Build:
+def build_arm64() -> Build:
     """The arm64 package, built here (an amd64 machine) from arm64 wheels."""
-    return build_deb(tmp_path_factory.mktemp("deb-arm64"), "--arch", "arm64")
+    return cached_build("arm64")

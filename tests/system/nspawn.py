@@ -438,20 +438,33 @@ def _manager_listening(pid1: int) -> bool:
 
 
 def prebuild() -> int:
-    """Build every tree in `TREES` that is not cached yet, one after the other.
+    """Build every tree in `TREES` and the packages (amd64 and arm64) not cached yet, one
+    after the other.
 
     `scripts/test` starts this in the background before lint and the other Pythons, so the
     downloads (network- and disk-bound) overlap their CPU-bound work instead of holding up
-    the system suite; the file lock makes a suite that gets there first wait for the build.
+    the system and packaging suites; the file locks make a suite that gets there first wait
+    for the build. A failed package build is reported and left to the suites to retry.
     """
+    from tests.system.package import deb  # package imports this module
+
     reason = cannot_boot_reason()
     if reason:
-        print(f"prebuild: nothing built: {reason}")
-        return 0
-    for suite, packages in TREES.items():
+        print(f"prebuild: no trees built: {reason}")
+    else:
+        for suite, packages in TREES.items():
+            started = time.monotonic()
+            path = rootfs(suite, packages)
+            print(f"prebuild: {suite} ready in {time.monotonic() - started:.0f} s: {path}")
+    repo = Path(__file__).resolve().parents[2]
+    for arch in (None, "arm64"):
         started = time.monotonic()
-        path = rootfs(suite, packages)
-        print(f"prebuild: {suite} ready in {time.monotonic() - started:.0f} s: {path}")
+        try:
+            built = deb(repo, arch=arch)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            print(f"prebuild: the {arch or 'native'} package failed: {e}")
+            continue
+        print(f"prebuild: {built.name} ready in {time.monotonic() - started:.0f} s")
     return 0
 
 

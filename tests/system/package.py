@@ -1,10 +1,12 @@
-"""The .deb the system suite installs, built by packaging/build-deb.sh and cached by content.
+"""The .deb (and the wheelhouse next to it) built by packaging/build-deb.sh, cached by content.
 
-The key is a hash of every file that goes into the package (the agent's sources, the
-project metadata, the unit, the maintainer scripts and the build script itself), so an edit
-to any of them builds a new package and an unrelated edit (a test) reuses the cached one.
-The cache lives next to the root filesystems (``nspawn.CACHE``/deb/<key>/); a build goes to a
-temporary directory first and is renamed into place, so a killed build leaves nothing behind.
+The system suite installs it; tests/packaging reads it. The key is a hash of every file that
+goes into the package (the agent's sources, the project metadata, the unit, the maintainer
+scripts and the build script itself) and the architecture, so an edit to any of them builds a
+new package and an unrelated edit (a test) reuses the cached one: one build per content, not
+one per suite. The cache lives next to the root filesystems (``nspawn.CACHE``/deb/<key>/); a
+build goes to a temporary directory first and is renamed into place, so a killed build leaves
+nothing behind. Tests read what is cached and never change it (they copy before they alter).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ INPUTS = (
 )
 
 
-def content_key(repo: Path) -> str:
-    h = hashlib.sha256()
+def content_key(repo: Path, arch: str | None = None) -> str:
+    h = hashlib.sha256(b"with-wheelhouse\0")  # older entries kept only the .deb
+    if arch is not None:
+        h.update(f"arch={arch}\0".encode())
     for rel in INPUTS:
         path = repo / rel
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -54,9 +58,10 @@ def _build_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
-def deb(repo: Path, cache: Path = CACHE) -> Path:
-    """The package for the tree at ``repo``, built once per content."""
-    final = cache / "deb" / content_key(repo)
+def deb(repo: Path, cache: Path = CACHE, arch: str | None = None) -> Path:
+    """The package for the tree at ``repo``, built once per content; its wheelhouse is
+    ``wheelhouse/`` next to it. ``arch``: build-deb.sh's --arch (default: this machine's)."""
+    final = cache / "deb" / content_key(repo, arch)
     found = sorted(final.glob("edge-agent_*.deb"))
     if found:
         return found[0]
@@ -66,9 +71,10 @@ def deb(repo: Path, cache: Path = CACHE) -> Path:
         if found:
             return found[0]
         build = Path(tempfile.mkdtemp(prefix=f".build-{final.name}.", dir=final.parent))
+        arch_args = ["--arch", arch] if arch else []
         try:
             done = subprocess.run(
-                [str(repo / "packaging/build-deb.sh"), "--out", str(build / "out")],
+                [str(repo / "packaging/build-deb.sh"), "--out", str(build / "out"), *arch_args],
                 capture_output=True,
                 text=True,
                 timeout=900,
@@ -79,7 +85,6 @@ def deb(repo: Path, cache: Path = CACHE) -> Path:
                 raise RuntimeError(
                     f"packaging/build-deb.sh failed ({done.returncode}):\n{done.stderr[-3000:]}"
                 )
-            (build / "out" / "wheelhouse").rename(build / "wheelhouse")
             os.rename(build / "out", final)
         finally:
             shutil.rmtree(build, ignore_errors=True)
