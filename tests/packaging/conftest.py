@@ -45,6 +45,13 @@ class Build:
     wheelhouse: Path
 
 
+def _cache() -> Path:
+    """The system suite's cache; without root, /var/cache is not ours: a private one then."""
+    if os.access(CACHE if CACHE.exists() else CACHE.parent, os.W_OK):
+        return CACHE
+    return Path(tempfile.gettempdir()) / f"edge-agent-tests-{os.getuid()}"
+
+
 def cached_build(arch: str | None = None) -> Build:
     """build-deb.sh's output for this tree, built once per content and shared with the system
     suite (tests/system/package.py). Read it; copy before altering anything in it."""
@@ -53,11 +60,7 @@ def cached_build(arch: str | None = None) -> Build:
             pytest.skip(f"{tool} is not installed: the .deb cannot be built here")
     if not Path("/usr/bin/python3").exists():
         pytest.skip("no system /usr/bin/python3 to run the build with")
-    # Without root the shared cache under /var/cache is not ours: a private one then.
-    cache = CACHE if os.access(CACHE if CACHE.exists() else CACHE.parent, os.W_OK) else (
-        Path(tempfile.gettempdir()) / f"edge-agent-tests-{os.getuid()}"
-    )
-    package = deb(REPO, cache, arch)
+    package = deb(REPO, _cache(), arch)
     return Build(package, package.parent / "wheelhouse")
 
 

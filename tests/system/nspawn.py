@@ -446,6 +446,7 @@ def prebuild() -> int:
     the system and packaging suites; the file locks make a suite that gets there first wait
     for the build. A failed package build is reported and left to the suites to retry.
     """
+    from tests.support import ROOT
     from tests.system.package import deb  # package imports this module
 
     reason = cannot_boot_reason()
@@ -456,11 +457,10 @@ def prebuild() -> int:
             started = time.monotonic()
             path = rootfs(suite, packages)
             print(f"prebuild: {suite} ready in {time.monotonic() - started:.0f} s: {path}")
-    repo = Path(__file__).resolve().parents[2]
     for arch in (None, "arm64"):
         started = time.monotonic()
         try:
-            built = deb(repo, arch=arch)
+            built = deb(ROOT, arch=arch)
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             print(f"prebuild: the {arch or 'native'} package failed: {e}")
             continue
