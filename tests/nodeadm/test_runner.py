@@ -51,7 +51,9 @@ async def test_install_then_init_joins(fake_host: Factory) -> None:
 
 async def test_iam_roles_anywhere_join_names_the_node(fake_host: Factory) -> None:
     fh = fake_host(installed=True, credential_provider="iam-ra")
-    cert = trustme.CA().issue_cert(common_name="store-42-node-1")
+    # The node name comes from the subject's CN, not the SAN; cryptography 51 refuses a
+    # certificate with an empty SAN list, so the certificate carries one too.
+    cert = trustme.CA().issue_cert("node.store-42.example", common_name="store-42-node-1")
     pki = fh.root / "etc/iam/pki"
     pki.mkdir(parents=True)
     (pki / "server.pem").write_bytes(cert.cert_chain_pems[0].bytes())
