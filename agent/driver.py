@@ -146,15 +146,30 @@ class LifecycleDriver:
         if (self._work is not None and not self._work.done()) or not self._pending:
             return
         action = self._pending.popleft()
+        canceled: lc.Event
         if isinstance(action, lc.RunChecks):
             self._work_name = "checks"
             self._work = asyncio.create_task(self._checks(), name="lifecycle-checks")
+            canceled = lc.ChecksDone(blocking=(), tracker_present=False, canceled=True)
         elif isinstance(action, lc.RunStep):
             self._work_name = action.step
             self._work = asyncio.create_task(self._step(action), name=f"nodeadm-{action.step}")
-        # The result is posted from inside the task; a tick after it ends starts what is queued.
-        if self._work is not None:
-            self._work.add_done_callback(lambda _t: self.post(lc.Tick()))
+            canceled = lc.StepDone(
+                action.step, ok=False, canceled=True, message=f"nodeadm {action.step} canceled"
+            )
+        else:
+            return
+        self._work.add_done_callback(lambda task: self._work_ended(task, canceled))
+
+    def _work_ended(self, task: asyncio.Task[None], canceled: lc.Event) -> None:
+        """A finished piece of work posts its own result; a canceled one is reported here, as
+        it may have been canceled before it began (its body, and any handler there, never ran).
+        The tick after it starts what is queued."""
+        if self._work is task:
+            self._work_name = None
+        if task.cancelled():
+            self.post(canceled)
+        self.post(lc.Tick())
 
     async def _checks(self) -> None:
         try:
@@ -168,30 +183,16 @@ class LifecycleDriver:
                     kubelet_version=kubelet,
                 )
             )
-        except asyncio.CancelledError:
-            self.post(lc.ChecksDone(blocking=(), tracker_present=False, canceled=True))
-            raise
         except Exception as e:  # noqa: BLE001 - a crashed check run must not stop the agent
             self._log.error("checks.crashed", error=str(e), exc_info=True)
             self.post(lc.ChecksDone(blocking=("checks.crashed",), tracker_present=False))
-        finally:
-            self._work_name = None
 
     async def _step(self, action: lc.RunStep) -> None:
         try:
             done = await self._run_step(action.step, action.args, self.state)
-        except asyncio.CancelledError:
-            self.post(
-                lc.StepDone(
-                    action.step, ok=False, canceled=True, message=f"nodeadm {action.step} canceled"
-                )
-            )
-            raise
         except Exception as e:  # noqa: BLE001 - report, retry later; never crash the loop
             self._log.error("nodeadm.crashed", step=action.step, error=str(e), exc_info=True)
             done = lc.StepDone(action.step, ok=False, code="nodeadm_failed", message=str(e))
-        finally:
-            self._work_name = None
         self.post(done)
 
     async def _stop_work(self) -> None:

@@ -6,7 +6,7 @@ driver's own state."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -28,6 +28,17 @@ class FakeHost:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.hold: asyncio.Event | None = None
         self.crash: str | None = None  # a step name whose run raises
+        # the driver's cancel, called on the loop's next turn after this phase is announced
+        self.cancel_when_announced: lc.Phase | None = None
+        self.cancel: Callable[[], bool] = lambda: False
+
+    def emit(self, type_: str, fields: dict[str, Any]) -> None:
+        self.events.append((type_, fields))
+        if type_ == "phase" and fields["to"] == self.cancel_when_announced:
+            # The phase is announced just before its work task is created; a callback queued
+            # now runs after that and before the task's first instruction (the loop's ready
+            # queue is first in, first out).
+            asyncio.get_running_loop().call_soon(self.cancel)
 
     async def run_step(self, step: Step, args: lc.OpArgs, state: lc.State) -> lc.StepDone:
         self.steps.append(str(step))
@@ -53,11 +64,12 @@ async def rig() -> AsyncIterator[tuple[LifecycleDriver, FakeHost, CapturingLog]]
         run_checks=host.run_checks,
         tracker_present=lambda: bool(host.steps),
         persist=host.persisted.append,
-        emit=lambda t, f: host.events.append((t, f)),
+        emit=host.emit,
         on_change=lambda _o, _n: None,
         now=lambda: 1000.0,
         log=log,
     )
+    host.cancel = driver.cancel_work
     task = asyncio.create_task(driver.run())
     yield driver, host, log
     task.cancel()
@@ -98,13 +110,29 @@ async def test_work_in_flight_is_named_and_a_cancel_fails_it_without_retry(rig: 
     host.hold = asyncio.Event()
     driver.post(lc.Boot(registering=False))
     driver.post(lc.AssignmentArrived(sample_assignment_obj()))
-    await asyncio.wait_for(driver.wait_until(lambda s: s.phase is lc.Phase.INSTALLING), 10)
-    while driver.busy != "install":  # the task starts right after the phase is announced
+    while host.steps != ["install"]:
         await asyncio.sleep(0)
+    assert driver.busy == "install"
     assert driver.cancel_work()
     st = await asyncio.wait_for(driver.wait_until(lambda s: s.phase is lc.Phase.FAILED), 10)
     assert st.last_error is not None and st.last_error.code == "canceled"
     assert driver.busy is None
+    await asyncio.wait_for(driver.settled(), 10)
+    assert host.steps == ["install"]  # no retry
+
+
+async def test_a_cancel_before_the_step_begins_still_fails_it(rig: Any) -> None:
+    """A cancel command can land between a step's start and its first instruction (seen on
+    Python 3.12): its body never runs, and the phase must still end as canceled, not hang."""
+    driver, host, _ = rig
+    host.cancel_when_announced = lc.Phase.INSTALLING
+    driver.post(lc.Boot(registering=False))
+    driver.post(lc.AssignmentArrived(sample_assignment_obj()))
+    st = await asyncio.wait_for(driver.wait_until(lambda s: s.phase is lc.Phase.FAILED), 10)
+    assert st.last_error is not None and st.last_error.code == "canceled"
+    assert driver.busy is None
+    await asyncio.wait_for(driver.settled(), 10)
+    assert host.steps == []  # it never ran, and is not retried
 
 
 async def test_settled_returns_once_every_earlier_event_is_applied(rig: Any) -> None:
