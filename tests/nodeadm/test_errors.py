@@ -49,6 +49,28 @@ def test_parse_zap_line() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("stamp", "utc"),
+    [
+        ("2025-07-29T02:42:51.330Z", "2025-07-29T02:42:51.330Z"),
+        ("2025-07-29T02:42:51.330+0200", "2025-07-29T00:42:51.330Z"),
+        ("2025-07-29T02:42:51.330+02:00", "2025-07-29T00:42:51.330Z"),
+        ("2025-07-29T02:42:51.330-0530", "2025-07-29T08:12:51.330Z"),
+        ("2025-07-29T02:42:51Z", "2025-07-29T02:42:51.000Z"),
+        ("2025-07-29T02:42:51.123456789Z", "2025-07-29T02:42:51.123Z"),
+        ("2025-07-29T02:42:51.330", None),  # local time without its offset
+        ("2025-13-29T02:42:51.330Z", None),
+        ("2025-07-29T02:42:51.330+2400", None),
+        ("yesterday", None),
+    ],
+)
+def test_iso_times_are_read_on_every_supported_python(stamp: str, utc: str | None) -> None:
+    """Python 3.10's `datetime.fromisoformat` takes neither ``Z`` nor ``+0200``; zap writes
+    both, and the agent runs on 3.10 (Ubuntu 22.04)."""
+    line = parse_line(json.dumps({"level": "info", "ts": stamp, "msg": "x"}))
+    assert line is not None and line.ts == utc
+
+
 def test_parse_float_epoch_from_early_builds() -> None:
     line = parse_line('{"level":"warn","ts":1732641847.1234,"msg":"slow"}')
     assert line is not None
