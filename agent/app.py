@@ -93,7 +93,10 @@ class Agent:
         # Before the logger: its redactor asks these, and the first lines (a damaged state
         # file) are logged before the links exist.
         ctl = config.controller
-        self.secrets = Secrets(ctl.registration_token_file if ctl else None)
+        self.secrets = Secrets(
+            ctl.registration_token_file if ctl else None,
+            config.mqtt.password_file if config.mqtt else None,
+        )
         self.level = LevelHolder(config.log.level)
         self.log = log = make_logger(
             level=self.level,

@@ -1,8 +1,9 @@
 """The secrets this agent holds, for the log's redactor to strike out of every line.
 
-The SSM activation code (from the assignment), the host token the controller issued, and the
-registration token (read from its file again only when the file changes: it is rotated). The
-logger is built before the parts that hold the first two, so they are attached as they come.
+The SSM activation code (from the assignment), the host token the controller issued, and two
+secrets read from files: the registration token and the MQTT password (each read again only
+when its file changes: they are rotated). The logger is built before the parts that hold the
+first two, so they are attached as they come.
 """
 
 from __future__ import annotations
@@ -13,10 +14,36 @@ from pathlib import Path
 from agent.core import lifecycle as lc
 
 
+class _FileSecret:
+    """A secret kept in a file: re-read when the file changes; the last value read stays
+    known while the file is briefly missing (a rotation by rename)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._seen: tuple[tuple[int, int, int], str] | None = None
+
+    def __call__(self) -> str | None:
+        if self._path is None:
+            return None
+        try:
+            st = self._path.stat()
+        except OSError:
+            return (self._seen[1] or None) if self._seen else None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self._seen is None or self._seen[0] != stamp:
+            try:
+                text = self._path.read_text(errors="replace").strip()
+            except OSError:
+                text = ""
+            self._seen = (stamp, text)
+        return self._seen[1] or None
+
+
 class Secrets:
-    def __init__(self, registration_token_file: Path | None) -> None:
-        self._token_file = registration_token_file
-        self._token: tuple[tuple[int, int, int], str] | None = None
+    def __init__(
+        self, registration_token_file: Path | None, mqtt_password_file: Path | None = None
+    ) -> None:
+        self._files = (_FileSecret(registration_token_file), _FileSecret(mqtt_password_file))
         self.state: Callable[[], lc.State] | None = None
         self.host_token: Callable[[], str | None] | None = None
 
@@ -28,27 +55,8 @@ class Secrets:
         token = self.host_token() if self.host_token is not None else None
         if token:
             out.append(token)
-        registration = self._registration_token()
-        if registration:
-            out.append(registration)
+        out.extend(value for read in self._files if (value := read()))
         return out
-
-    def _registration_token(self) -> str | None:
-        path = self._token_file
-        if path is None:
-            return None
-        try:
-            st = path.stat()
-        except OSError:
-            return self._token[1] if self._token else None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if self._token is None or self._token[0] != stamp:
-            try:
-                text = path.read_text(errors="replace").strip()
-            except OSError:
-                text = ""
-            self._token = (stamp, text)
-        return self._token[1] or None
 
 
 __all__ = ["Secrets"]

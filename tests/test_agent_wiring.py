@@ -51,3 +51,31 @@ async def test_the_watchdog_watches_the_controller_loop(tmp_path: Path) -> None:
         assert await run == 0
     finally:
         controller.stop()
+
+
+def test_the_mqtt_password_is_struck_from_the_log_also_after_rotation(tmp_path: Path) -> None:
+    """The broker password is a secret like the tokens: a library's error text or a debug
+    line that quotes it must not carry it into the journal."""
+    password = tmp_path / "mqtt-password"
+    password.write_text("broker-pass-0a1b2c3d4e\n")
+    h = HostEnv(
+        tmp_path,
+        local_assignment=sample_assignment(),
+        config={
+            "mqtt": {
+                "url": "mqtt://127.0.0.1:1",
+                "username": "edge",
+                "password_file": str(password),
+            },
+            "commands": {"allow_unsigned": True},
+        },
+    )
+    out = io.StringIO()
+    agent = Agent(load_config(h.config_path, {}), stdout=out, env={})
+    agent.log.error("link.refused", detail="auth failed for edge:broker-pass-0a1b2c3d4e")
+    password.write_text("broker-pass-rotated-9f8e7d\n")
+    agent.log.error("link.refused", detail="auth failed for edge:broker-pass-rotated-9f8e7d")
+    text = out.getvalue()
+    assert text.count("auth failed for edge:") == 2
+    assert "broker-pass-0a1b2c3d4e" not in text
+    assert "broker-pass-rotated-9f8e7d" not in text
