@@ -7,6 +7,8 @@ new package and an unrelated edit (a test) reuses the cached one: one build per 
 one per suite. The cache lives next to the root filesystems (``nspawn.CACHE``/deb/<key>/); a
 build goes to a temporary directory first and is renamed into place, so a killed build leaves
 nothing behind. Tests read what is cached and never change it (they copy before they alter).
+Each use marks its entry; a new build removes the entries nobody used for a week (each is a
+.deb and a wheelhouse, about 40 MB).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from tests.system.nspawn import CACHE, _locked
@@ -64,6 +67,7 @@ def deb(repo: Path, cache: Path = CACHE, arch: str | None = None) -> Path:
     final = cache / "deb" / content_key(repo, arch)
     found = sorted(final.glob("edge-agent_*.deb"))
     if found:
+        os.utime(final)  # in use: kept by prune()
         return found[0]
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(final.parent / f".{final.name}.lock"):
@@ -88,4 +92,22 @@ def deb(repo: Path, cache: Path = CACHE, arch: str | None = None) -> Path:
             os.rename(build / "out", final)
         finally:
             shutil.rmtree(build, ignore_errors=True)
+        prune(final.parent)
     return sorted(final.glob("edge-agent_*.deb"))[0]
+
+
+UNUSED_FOR_S = 7 * 86400
+
+
+def prune(debs: Path, unused_for_s: float = UNUSED_FOR_S, now: float | None = None) -> list[str]:
+    """Removes the cached packages not used for ``unused_for_s``, and their lock files; a build
+    in progress (``.build-*``) is left alone. Returns the keys removed."""
+    cutoff = (time.time() if now is None else now) - unused_for_s
+    removed = []
+    for entry in sorted(debs.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir() or entry.stat().st_mtime >= cutoff:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        (debs / f".{entry.name}.lock").unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
