@@ -60,7 +60,7 @@ PIP_CONFIG_FILE=/dev/null "$NEW/bin/python" "$pip_wheel/pip" --isolated --disabl
     install -q --no-index --find-links "$WHEELHOUSE" --require-hashes \
     -r "$WHEELHOUSE/requirements.txt" --no-compile --no-warn-script-location \
     || die "pip could not install the wheelhouse $WHEELHOUSE for $python"
-"$NEW/bin/python" -I -c 'import agent.cli, nacl.signing, yaml, psutil, httpx, aiomqtt, cryptography.x509' \
+"$NEW/bin/python" -I -c 'import agent.cli, nacl.signing, yaml, psutil, httpx, aiomqtt, cryptography.x509, prometheus_client' \
     || die "the new virtualenv $NEW cannot import the agent"
 
 # A venv records its path in its scripts' #! lines, bin/activate* and pyvenv.cfg; bin/python

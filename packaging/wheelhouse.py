@@ -27,6 +27,9 @@ from collections import defaultdict
 from pathlib import Path
 
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+# The optional features a package brings with it: IAM Roles Anywhere credentials (cryptography)
+# and Prometheus metrics (prometheus-client, pure Python, imported only when enabled).
+EXTRAS = ("iamra", "metrics")
 GLIBC_MAX = (2, 28)
 # Debian architecture -> (wheel platform machine, what `file` prints for its ELF objects)
 ARCHES = {"amd64": ("x86_64", "x86-64"), "arm64": ("aarch64", "ARM aarch64")}
@@ -76,7 +79,7 @@ def requires_dist(wheel: Path) -> list[str]:
 
 
 def walk(into: Path, python: str, machine: str) -> tuple[set[Path], list[str]]:
-    """The wheels edge-agent[iamra] needs on this Python, and the requirements not yet here.
+    """The wheels edge-agent[EXTRAS] needs on this Python, and the requirements not yet here.
 
     pip evaluates environment markers against the Python running it, not --python-version
     (so a build on 3.11 leaves out 3.10's `exceptiongroup; python_version < "3.11"`): the
@@ -92,7 +95,7 @@ def walk(into: Path, python: str, machine: str) -> tuple[set[Path], list[str]]:
            "platform_machine": machine}  # fmt: skip
     found: set[Path] = set()
     missing: list[str] = []
-    todo = [("edge-agent", frozenset({"iamra"}))]
+    todo = [("edge-agent", frozenset(EXTRAS))]
     seen: set[tuple[str, frozenset[str]]] = set()
     while todo:
         name, extras = todo.pop()
@@ -126,7 +129,7 @@ def download(pip: list[str], arch: str, project: str, dest: Path) -> dict[str, s
         cmd = [*pip, "download", "-q", "--only-binary=:all:", "--implementation", "cp"]
         cmd += ["--python-version", python, "--dest", str(into)]
         cmd += [arg for tag in platforms(machine) for arg in ("--platform", tag)]
-        wanted = [f"{project}[iamra]"]
+        wanted = [f"{project}[{','.join(EXTRAS)}]"]
         for _ in range(5):
             subprocess.run([*cmd, *wanted], check=True)
             found, wanted = walk(into, python, machine)

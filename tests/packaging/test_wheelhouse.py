@@ -73,6 +73,8 @@ def test_each_arch_has_its_extensions_for_every_python_and_glibc_2_28(
     # 3.10 gets its backports, and only 3.10.
     assert re.search(r'^exceptiongroup==\S+ ; python_version == "3.10" --hash', requirements, re.M)
     assert "iamra" not in requirements and re.search(r"^cryptography==", requirements, re.M)
+    # metrics work on a packaged host without reaching PyPI
+    assert re.search(r"^prometheus[-_]client==", requirements, re.M)
     assert run(*CHECK, "--arch", arch, build.wheelhouse).returncode == 0
 
 
