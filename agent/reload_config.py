@@ -68,8 +68,9 @@ class Reloader:
         self._offer_assignment_file = offer_assignment_file
         self._out = out
         self._log = log
-        # The ledger and the clock were sized for this at start (agent/core/reload.py).
-        self._max_skew_s = config.commands.max_skew_s
+        # Fixed at start (agent/core/reload.py): the ledger and the clock were sized for the
+        # skew; the MQTT session carries the size and expiry limits.
+        self._at_start = config.commands
 
     def reload(self) -> None:
         path = self.config.source
@@ -104,9 +105,9 @@ class Reloader:
             configure(new)
         cmd = new.commands
         self._dispatcher.configure(
-            max_bytes=cmd.max_bytes,
-            max_skew_s=self._max_skew_s,
-            max_ttl_s=cmd.max_ttl_s,
+            max_bytes=self._at_start.max_bytes,
+            max_skew_s=self._at_start.max_skew_s,
+            max_ttl_s=self._at_start.max_ttl_s,
             verify=self._key.verify if self._key else None,
             allow_unsigned=cmd.allow_unsigned,
         )

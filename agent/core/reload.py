@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Final
 
-from agent.core.config import Config
+from agent.core.config import CommandsConfig, Config
 
 # Sections the running agent takes on a reload. Reading `Config.<section>` at each use is
 # enough for checks, kubernetes, diagnostics, network and programs; the daemon pushes the
@@ -33,8 +33,22 @@ LIVE: Final = frozenset(
     }
 )
 NEEDS_RESTART: Final = frozenset(
-    {"commands.max_skew_s", "controller", "host", "log.format", "metrics", "mqtt", "state_dir"}
+    {
+        "commands.max_bytes",
+        "commands.max_skew_s",
+        "commands.max_ttl_s",
+        "controller",
+        "host",
+        "log.format",
+        "metrics",
+        "mqtt",
+        "state_dir",
+    }
 )
+# Command limits fixed at start: max_skew_s sizes the ledger and the clock's saves; max_bytes
+# and max_ttl_s are also the MQTT session's maximum packet size and expiry, which the broker
+# takes only in a CONNECT (raised live, the broker would still drop the larger commands).
+_COMMANDS_AT_START: Final = ("max_bytes", "max_skew_s", "max_ttl_s")
 # Where the config came from is not a setting.
 _NOT_SETTINGS: Final = frozenset({"source"})
 
@@ -48,6 +62,10 @@ class ConfigChange:
 
     def changed(self, section: str) -> bool:
         return section in self.live or section in self.needs_restart
+
+
+def _live_commands(c: Config) -> CommandsConfig:
+    return replace(c.commands, max_bytes=0, max_skew_s=0, max_ttl_s=0)
 
 
 def _sections(old: Config, new: Config) -> list[str]:
@@ -67,9 +85,12 @@ def _sections(old: Config, new: Config) -> list[str]:
             # The ledger keeps a command's id for max_skew_s past its expiry and the clock
             # is saved at a period derived from it: raising it live would let the ledger
             # forget ids the envelope check still accepts, i.e. run a replay twice.
-            if old.commands.max_skew_s != new.commands.max_skew_s:
-                changed.append("commands.max_skew_s")
-            if replace(old.commands, max_skew_s=0) != replace(new.commands, max_skew_s=0):
+            changed += [
+                f"commands.{k}"
+                for k in _COMMANDS_AT_START
+                if getattr(old.commands, k) != getattr(new.commands, k)
+            ]
+            if _live_commands(old) != _live_commands(new):
                 changed.append("commands")
         elif getattr(old, f.name) != getattr(new, f.name):
             changed.append(f.name)

@@ -92,3 +92,25 @@ def test_a_reload_to_an_unusable_key_is_refused_and_the_old_key_kept(
     assert "OpenSSH" in s.host.output()
     assert ping_with(s, s.signer)["state"] == "succeeded"
     assert s.host.stop() == 0
+
+
+def test_command_limits_wait_for_a_restart_and_say_so(site_factory: SiteFactory) -> None:
+    """commands.max_bytes is also the MQTT session's maximum packet size, which the broker
+    takes only when the agent connects: a reload that raised it would let the dispatcher
+    accept what the broker still drops. It is reported as needing a restart, and the limit
+    in force stays whole."""
+    s = site_factory(config={"commands": {"max_bytes": 4096}})
+    s.host.wait_phase("joined", 40)
+    s.host.config["commands"]["max_bytes"] = 65536
+    s.host.write_config()
+    sighup(s)
+    ev = s.cmd.wait_for(lambda: s.cmd.events("config"), 10)
+    assert ev[-1]["live"] == [] and ev[-1]["needs_restart"] == ["commands.max_bytes"]
+    restart = [e for e in s.cmd.events("error") if e["code"] == "config_needs_restart"]
+    assert restart and "commands.max_bytes" in restart[-1]["message"]
+    # Larger than the limit in force, within what the broker lets through (limit + 1 KiB).
+    big = b'{"id":"big-after-reload","name":"ping","args":{"pad":"' + b"x" * 4500 + b'"}}'
+    s.cmd.publish("commands", big)
+    reply = s.cmd.final_reply("big-after-reload", 10)
+    assert reply and reply["state"] == "rejected" and reply["error"]["code"] == "too_large"
+    assert s.host.stop() == 0
