@@ -13,7 +13,6 @@ request might.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import re
@@ -23,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from agent.core.redact import scrub, scrub_text
-from agent.core.timefmt import iso
+from agent.core.timefmt import iso, parse_zap_time
 
 _LEVELS = frozenset({"debug", "info", "warn", "error", "dpanic", "panic", "fatal"})
 _KNOWN_KEYS = ("level", "ts", "caller", "msg")
@@ -90,35 +89,6 @@ def scrub_line(line: NodeadmLine, secrets: Sequence[str]) -> NodeadmLine:
     )
 
 
-# ISO 8601 as zap writes it: a fraction of any length, and ``Z`` or an offset with or without
-# its colon. Parsed by hand: Python 3.10's ``fromisoformat`` takes neither ``Z`` nor ``+0200``.
-_ISO_TIME = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:[.,](\d+))?"
-    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?"
-)
-
-
-def _parse_iso(text: str) -> dt.datetime | None:
-    m = _ISO_TIME.fullmatch(text)
-    if m is None:
-        return None
-    day, clock, fraction, zulu, sign, hours, minutes = m.groups()
-    try:
-        when = dt.datetime.fromisoformat(f"{day}T{clock}")
-    except ValueError:
-        return None
-    if fraction:
-        when = when.replace(microsecond=int(fraction[:6].ljust(6, "0")))
-    if zulu:
-        return when.replace(tzinfo=dt.timezone.utc)
-    if sign is None:
-        return when  # no offset: the caller decides
-    offset = dt.timedelta(hours=int(hours), minutes=int(minutes))
-    if offset >= dt.timedelta(hours=24):
-        return None
-    return when.replace(tzinfo=dt.timezone(offset if sign == "+" else -offset))
-
-
 def _ts(value: object) -> str | None:
     """The line's time as the contract writes times (UTC, ``Z``).
 
@@ -128,14 +98,15 @@ def _ts(value: object) -> str | None:
     """
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return iso(float(value)) if math.isfinite(value) else None
-    if not isinstance(value, str):
+    try:
+        if isinstance(value, int | float):
+            return iso(float(value)) if math.isfinite(value) else None
+        if isinstance(value, str):
+            # A local time without its offset cannot be placed: not read.
+            return iso(parse_zap_time(value.strip()))
+    except (ValueError, OverflowError, OSError):  # not a time, or beyond datetime's range
         return None
-    when = _parse_iso(value.strip())
-    if when is None or when.tzinfo is None:
-        return None  # a local time without its offset cannot be placed
-    return iso(when.timestamp())
+    return None
 
 
 def parse_line(text: str) -> NodeadmLine | None:

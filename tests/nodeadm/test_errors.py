@@ -61,6 +61,11 @@ def test_parse_zap_line() -> None:
         ("2025-07-29T02:42:51.330", None),  # local time without its offset
         ("2025-13-29T02:42:51.330Z", None),
         ("2025-07-29T02:42:51.330+2400", None),
+        ("2025-07-29T02:42:51.330+0275", None),  # 75 minutes is no offset
+        ("2025-07-29T02:42:51.\u0663\u0663\u0660Z", None),  # Arabic-Indic digits
+        ("0001-01-01T00:00:00+0100", None),  # before year 1 in UTC
+        ("9999-12-31T23:59:59-0100", None),  # after year 9999 in UTC
+        ("2025-07-29T23:59:60Z", None),  # no leap seconds in Python
         ("yesterday", None),
     ],
 )
@@ -69,6 +74,12 @@ def test_iso_times_are_read_on_every_supported_python(stamp: str, utc: str | Non
     both, and the agent runs on 3.10 (Ubuntu 22.04)."""
     line = parse_line(json.dumps({"level": "info", "ts": stamp, "msg": "x"}))
     assert line is not None and line.ts == utc
+
+
+@pytest.mark.parametrize("epoch", [1e20, -1e20, float("inf"), float("nan")])
+def test_an_epoch_beyond_any_date_is_no_time(epoch: float) -> None:
+    line = parse_line(json.dumps({"level": "info", "ts": epoch, "msg": "x"}))
+    assert line is not None and line.msg == "x" and line.ts is None
 
 
 def test_parse_float_epoch_from_early_builds() -> None:
