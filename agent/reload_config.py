@@ -1,9 +1,10 @@
 """SIGHUP: read the config again and push each changed live section to the part that owns it.
 
 The sections are compared by `agent.core.reload.config_change`. Live ones go to their owners:
-the command verifier gets the new key, ``allow_unsigned`` and limits; the nodeadm runner, the
+the command verifier gets the new key and ``allow_unsigned``; the nodeadm runner, the
 checks, health and the assignment source get the new config; the lifecycle its new policy;
-the logger its level. The rest are named in ``needs_restart``: in the log's
+the logger its level. The rest, as long as they differ from the config the agent started
+with, are named in ``needs_restart``: in the log's
 ``config.reloaded``, in a ``config`` event, and in a ``config_needs_restart`` error. A config
 that does not parse, or names a key file that is not a usable key, is refused whole and the
 old one kept.
@@ -71,6 +72,8 @@ class Reloader:
         # Fixed at start (agent/core/reload.py): the ledger and the clock were sized for the
         # skew; the MQTT session carries the size and expiry limits.
         self._at_start = config.commands
+        # What needs a restart is what differs from the config the agent started with.
+        self._started = config
 
     def reload(self) -> None:
         path = self.config.source
@@ -85,7 +88,13 @@ class Reloader:
             self._log.error("config.reload_refused", error=str(e))
             self._out.error(ErrorCode.CONFIG_INVALID, f"reload refused: {e}")
             return
-        change = config_change(self.config, new)
+        # Live: what this reload changed. Waiting for a restart: every restart-only setting
+        # that differs from the start, also if an earlier reload changed it (and none that a
+        # later reload set back).
+        change = ConfigChange(
+            live=config_change(self.config, new).live,
+            needs_restart=config_change(self._started, new).needs_restart,
+        )
         self.config, self._key = new, key
         self._apply(new, change)
         live, restart = list(change.live), list(change.needs_restart)

@@ -113,4 +113,18 @@ def test_command_limits_wait_for_a_restart_and_say_so(site_factory: SiteFactory)
     s.cmd.publish("commands", big)
     reply = s.cmd.final_reply("big-after-reload", 10)
     assert reply and reply["state"] == "rejected" and reply["error"]["code"] == "too_large"
+    # A later reload of something else still names the restart that is waiting...
+    s.host.config["log"]["level"] = "debug"
+    s.host.write_config()
+    sighup(s)
+    assert s.cmd.wait_for(lambda: len(s.cmd.events("config")) >= 2, 10)
+    ev = s.cmd.events("config")
+    assert ev[-1]["live"] == ["log.level"] and ev[-1]["needs_restart"] == ["commands.max_bytes"]
+    # ...and once the setting is back at what the agent started with, nothing waits.
+    s.host.config["commands"]["max_bytes"] = 4096
+    s.host.write_config()
+    sighup(s)
+    assert s.cmd.wait_for(lambda: len(s.cmd.events("config")) >= 3, 10)
+    ev = s.cmd.events("config")
+    assert ev[-1]["live"] == [] and ev[-1]["needs_restart"] == []
     assert s.host.stop() == 0
