@@ -8,35 +8,28 @@ first two, so they are attached as they come.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
 from agent.core import lifecycle as lc
+from agent.state.filewatch import FileWatch
 
 
 class _FileSecret:
-    """A secret kept in a file: re-read when the file changes; the last value read stays
-    known while the file is briefly missing (a rotation by rename)."""
+    """A secret kept in a file: re-read when the file may have changed (`FileWatch`); the
+    last value read stays known while the file is briefly missing (a rotation by rename)."""
 
     def __init__(self, path: Path | None) -> None:
-        self._path = path
-        self._seen: tuple[tuple[int, int, int], str] | None = None
+        self._watch = FileWatch(path) if path is not None else None
+        self._value: str | None = None
 
     def __call__(self) -> str | None:
-        if self._path is None:
-            return None
-        try:
-            st = self._path.stat()
-        except OSError:
-            return (self._seen[1] or None) if self._seen else None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if self._seen is None or self._seen[0] != stamp:
-            try:
-                text = self._path.read_text(errors="replace").strip()
-            except OSError:
-                text = ""
-            self._seen = (stamp, text)
-        return self._seen[1] or None
+        if self._watch is not None and self._watch.changed():
+            # missing for now: keep striking the last value read
+            with contextlib.suppress(OSError):
+                self._value = self._watch.path.read_text(errors="replace").strip() or None
+        return self._value
 
 
 class Secrets:

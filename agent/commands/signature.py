@@ -20,9 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -31,6 +29,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from agent.core.errors import AgentError
+from agent.state.filewatch import FileWatch
 
 __all__ = ["BadPublicKey", "KeyFile", "Verifier", "load_public_key", "load_public_key_file"]
 
@@ -141,20 +140,6 @@ def load_public_key_file(path: Path | str) -> Verifier:
         raise BadPublicKey(f"{target}: {e}") from None
 
 
-_Stamp = tuple[int, int, int]
-
-
-def _stamp(path: Path) -> _Stamp | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-_RACY_NS: Final = 2_000_000_000
-
-
 class KeyFile:
     """`commands.public_key_file`, re-read whenever the file changes (see the module text).
 
@@ -168,8 +153,7 @@ class KeyFile:
     ) -> None:
         self.path = path
         self._on_change = on_change
-        self._seen: _Stamp | None = None
-        self._trusted = False  # whether _seen may stand for the file's content
+        self._watch = FileWatch(path)
         self._verifier: Verifier | None = load_public_key_file(path)
         self.error: str | None = None
         self._refresh(announce=False)
@@ -179,15 +163,8 @@ class KeyFile:
         return self._verifier.fingerprint if self._verifier else None
 
     def _refresh(self, *, announce: bool = True) -> None:
-        stamp = _stamp(self.path)
-        if self._trusted and stamp == self._seen:
+        if not self._watch.changed():  # a file changed just now is read again (filewatch)
             return
-        # A file changed within the last moments may change again inside one tick of the
-        # filesystem's clock with the same size (every Ed25519 PEM is 113 bytes) and so the
-        # same stamp: such a stamp is not trusted, and the next command reads the file again
-        # (git's "racy clean" rule).
-        self._seen = stamp
-        self._trusted = stamp is None or time.time_ns() - stamp[2] >= _RACY_NS
         before = (self.fingerprint, self.error)
         try:
             self._verifier = load_public_key_file(self.path)
