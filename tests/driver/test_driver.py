@@ -110,8 +110,12 @@ async def test_work_in_flight_is_named_and_a_cancel_fails_it_without_retry(rig: 
     host.hold = asyncio.Event()
     driver.post(lc.Boot(registering=False))
     driver.post(lc.AssignmentArrived(sample_assignment_obj()))
-    while host.steps != ["install"]:
-        await asyncio.sleep(0)
+
+    async def started() -> None:
+        while host.steps != ["install"]:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(started(), 10)
     assert driver.busy == "install"
     assert driver.cancel_work()
     st = await asyncio.wait_for(driver.wait_until(lambda s: s.phase is lc.Phase.FAILED), 10)

@@ -13,6 +13,8 @@ Each use marks its entry; a new build removes the entries nobody used for a week
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -67,8 +69,10 @@ def deb(repo: Path, cache: Path = CACHE, arch: str | None = None) -> Path:
     final = cache / "deb" / content_key(repo, arch)
     found = sorted(final.glob("edge-agent_*.deb"))
     if found:
-        os.utime(final)  # in use: kept by prune()
-        return found[0]
+        with contextlib.suppress(OSError):  # a non-root run may not mark a root's cache
+            os.utime(final)  # in use: kept by prune()
+        if found[0].exists():  # else pruned meanwhile: build it again below
+            return found[0]
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(final.parent / f".{final.name}.lock"):
         found = sorted(final.glob("edge-agent_*.deb"))
@@ -100,14 +104,24 @@ UNUSED_FOR_S = 7 * 86400
 
 
 def prune(debs: Path, unused_for_s: float = UNUSED_FOR_S, now: float | None = None) -> list[str]:
-    """Removes the cached packages not used for ``unused_for_s``, and their lock files; a build
-    in progress (``.build-*``) is left alone. Returns the keys removed."""
+    """Removes the cached packages not used for ``unused_for_s``; returns the keys removed.
+    Each under its build lock, taken without waiting: one being built or pruned elsewhere is
+    skipped. A build in progress (``.build-*``) and the lock files are left alone."""
     cutoff = (time.time() if now is None else now) - unused_for_s
     removed = []
     for entry in sorted(debs.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir() or entry.stat().st_mtime >= cutoff:
+        if entry.name.startswith("."):
             continue
-        shutil.rmtree(entry, ignore_errors=True)
-        (debs / f".{entry.name}.lock").unlink(missing_ok=True)
-        removed.append(entry.name)
+        try:
+            with (debs / f".{entry.name}.lock").open("a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                if not entry.is_dir() or entry.stat().st_mtime >= cutoff:
+                    continue
+                shutil.rmtree(entry)
+                removed.append(entry.name)
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
     return removed

@@ -3,6 +3,7 @@ removes the entries nobody used for a week, and never one in use or one being bu
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -27,7 +28,17 @@ def test_a_build_prunes_what_nobody_used_for_a_week(tmp_path: Path) -> None:
     building.mkdir()
     os.utime(building, (now - 2 * UNUSED_FOR_S, now - 2 * UNUSED_FOR_S))
     assert prune(tmp_path, now=now) == ["0123456789abcdef"]
-    assert not old.exists() and not (tmp_path / ".0123456789abcdef.lock").exists()
+    assert not old.exists()
     assert (used / "edge-agent_0.1.0_amd64.deb").is_file()
     assert (tmp_path / ".fedcba9876543210.lock").exists()
     assert building.is_dir()
+
+
+def test_an_entry_locked_elsewhere_is_left_alone(tmp_path: Path) -> None:
+    now = time.time()
+    busy = entry(tmp_path, "0123456789abcdef", UNUSED_FOR_S + 60, now)
+    with (tmp_path / ".0123456789abcdef.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a build or prune in another process
+        assert prune(tmp_path, now=now) == []
+    assert busy.is_dir()
+    assert prune(tmp_path, now=now) == ["0123456789abcdef"]
