@@ -42,7 +42,7 @@ from agent.core.controller_policy import (
     status_verdict,
 )
 from agent.core.redact import scrub_text
-from agent.link.controller_tls import file_stamp, find_ssl_error, probe_client_cert
+from agent.link.controller_tls import find_ssl_error, probe_client_cert
 from agent.link.controller_types import (
     AssignmentFetch,
     ControllerError,
@@ -53,6 +53,8 @@ from agent.link.replybody import BadEncoding, BoundedBody, ReplyTooLarge
 from agent.link.tls import client_context
 from agent.logs import Log
 from agent.state.atomic import write_bytes
+from agent.state.filewatch import Stamp
+from agent.state.filewatch import stamp as file_stamp
 
 __all__ = ["AssignmentFetch", "ControllerClient", "ControllerError", "Reauth", "Registration"]
 
@@ -111,7 +113,7 @@ class ControllerClient:
         self._host_token = self._load_host_token()
         self._http: httpx.AsyncClient | None = None
         self._tls: ssl.SSLContext | None = None
-        self._tls_stamp: list[tuple[int, int, int]] = []
+        self._tls_stamp: list[Stamp | None] = []
         # httpx logs every request at INFO through stdlib logging; the agent logs its own.
         for name in ("httpx", "httpcore"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -396,6 +398,7 @@ class ControllerClient:
         """The one AsyncClient, rebuilt only when a TLS file changed (a rotated cert)."""
         cfg = self._cfg
         files = [] if self.insecure else [cfg.ca_file, cfg.client_cert_file, cfg.client_key_file]
+        # a rotated TLS file is taken without a restart
         stamp = [file_stamp(f) for f in files if f is not None]
         if self._http is not None and stamp == self._tls_stamp:
             return self._http

@@ -2,8 +2,7 @@
 
 `probe_client_cert` asks the server on a quiet connection whether it refuses our client
 certificate (under TLS 1.3 the refusal often arrives only as a reset of the real request);
-`find_ssl_error` digs the ssl error out of an httpx error's cause chain; `file_stamp` tells
-when a TLS file was rotated, so the client reloads it without a restart. No httpx here:
+`find_ssl_error` digs the ssl error out of an httpx error's cause chain. No httpx here:
 `agent.link.controller` calls these.
 """
 
@@ -12,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent import _compat
 
-__all__ = ["file_stamp", "find_ssl_error", "probe_client_cert"]
+__all__ = ["find_ssl_error", "probe_client_cert"]
 
 
 async def probe_client_cert(
@@ -50,14 +48,6 @@ async def probe_client_cert(
 def _host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "", parts.port or 443
-
-
-def file_stamp(path: Path) -> tuple[int, int, int]:
-    try:
-        st = path.stat()
-    except OSError:
-        return (0, 0, 0)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def find_ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
