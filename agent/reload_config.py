@@ -69,10 +69,9 @@ class Reloader:
         self._offer_assignment_file = offer_assignment_file
         self._out = out
         self._log = log
-        # Fixed at start (agent/core/reload.py): the ledger and the clock were sized for the
-        # skew; the MQTT session carries the size and expiry limits.
-        self._at_start = config.commands
-        # What needs a restart is what differs from the config the agent started with.
+        # What needs a restart is what differs from this; its command limits stay in force
+        # (agent/core/reload.py: the ledger and the clock were sized for the skew, the MQTT
+        # session carries the size and expiry).
         self._started = config
 
     def reload(self) -> None:
@@ -112,11 +111,11 @@ class Reloader:
         self._driver.policy = lifecycle_policy(new)
         for configure in self._parts:
             configure(new)
-        cmd = new.commands
+        cmd, limits = new.commands, self._started.commands
         self._dispatcher.configure(
-            max_bytes=self._at_start.max_bytes,
-            max_skew_s=self._at_start.max_skew_s,
-            max_ttl_s=self._at_start.max_ttl_s,
+            max_bytes=limits.max_bytes,
+            max_skew_s=limits.max_skew_s,
+            max_ttl_s=limits.max_ttl_s,
             verify=self._key.verify if self._key else None,
             allow_unsigned=cmd.allow_unsigned,
         )

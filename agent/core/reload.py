@@ -9,7 +9,7 @@ as needing a restart, never applied half-way. Pure: the daemon does the pushing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Final
 
 from agent.core.config import CommandsConfig, Config
@@ -64,10 +64,6 @@ class ConfigChange:
         return section in self.live or section in self.needs_restart
 
 
-def _live_commands(c: Config) -> CommandsConfig:
-    return replace(c.commands, max_bytes=0, max_skew_s=0, max_ttl_s=0)
-
-
 def _sections(old: Config, new: Config) -> list[str]:
     changed: list[str] = []
     for f in fields(Config):
@@ -90,7 +86,11 @@ def _sections(old: Config, new: Config) -> list[str]:
                 for k in _COMMANDS_AT_START
                 if getattr(old.commands, k) != getattr(new.commands, k)
             ]
-            if _live_commands(old) != _live_commands(new):
+            if any(
+                getattr(old.commands, k.name) != getattr(new.commands, k.name)
+                for k in fields(CommandsConfig)
+                if k.name not in _COMMANDS_AT_START
+            ):
                 changed.append("commands")
         elif getattr(old, f.name) != getattr(new, f.name):
             changed.append(f.name)

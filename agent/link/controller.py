@@ -398,7 +398,6 @@ class ControllerClient:
         """The one AsyncClient, rebuilt only when a TLS file changed (a rotated cert)."""
         cfg = self._cfg
         files = [] if self.insecure else [cfg.ca_file, cfg.client_cert_file, cfg.client_key_file]
-        # a rotated TLS file is taken without a restart
         stamp = [file_stamp(f) for f in files if f is not None]
         if self._http is not None and stamp == self._tls_stamp:
             return self._http
